@@ -308,6 +308,65 @@ class StoreContract:
 
         asyncio.run(scenario())
 
+    # -- records and blobs ------------------------------------------------------------------------
+    def test_records_crud_and_owners(self, make_store: MakeStore) -> None:
+        async def scenario() -> None:
+            async with opened(make_store) as store:
+                await store.put_record("file", "file_1", {"id": "file_1", "bytes": 3})
+                await store.put_record("file", "file_2", {"id": "file_2"})
+                await store.put_record("vs_file", "file_1", {"id": "file_1", "vs": "vs_a"}, owner="vs_a")
+                await store.put_record("vs_file", "file_2", {"id": "file_2", "vs": "vs_b"}, owner="vs_b")
+                assert await store.get_record("file", "file_1") == {"id": "file_1", "bytes": 3}
+                assert await store.get_record("file", "file_3") is None
+                assert await store.get_record("vector_store", "file_1") is None  # kinds are apart
+                # a replaced record keeps its place
+                await store.put_record("file", "file_1", {"id": "file_1", "bytes": 4})
+                assert ids(await store.list_records("file")) == ["file_2", "file_1"]
+                assert ids(await store.list_records("file", order="asc")) == ["file_1", "file_2"]
+                assert ids(await store.all_records("vs_file", "vs_a")) == ["file_1"]
+                assert ids(await store.list_records("vs_file", owner="vs_b")) == ["file_2"]
+                assert await store.delete_owned("vs_file", "vs_a") == 1
+                assert await store.all_records("vs_file", "vs_a") == []
+                assert await store.delete_record("file", "file_1") is True
+                assert await store.delete_record("file", "file_1") is False
+                assert ids(await store.list_records("file")) == ["file_2"]
+
+        asyncio.run(scenario())
+
+    def test_records_pagination(self, make_store: MakeStore) -> None:
+        async def scenario() -> None:
+            async with opened(make_store) as store:
+                for i in range(5):
+                    await store.put_record("thing", f"t{i}", {"id": f"t{i}"})
+                page = await store.list_records("thing", limit=2, order="asc")
+                assert (ids(page), page.has_more, page.first_id, page.last_id) == (["t0", "t1"], True, "t0", "t1")
+                page = await store.list_records("thing", limit=2, order="asc", after="t3")
+                assert (ids(page), page.has_more) == (["t4"], False)
+                page = await store.list_records("thing", limit=3, after="t3")
+                assert (ids(page), page.has_more) == (["t2", "t1", "t0"], False)
+                with pytest.raises(NotFound):
+                    await store.list_records("thing", after="nope")
+                with pytest.raises(InvalidRequest):
+                    await store.list_records("thing", limit=0)
+
+        asyncio.run(scenario())
+
+    def test_blobs_survive_restart(self, make_store: MakeStore) -> None:
+        data = bytes(range(256)) * 1000
+
+        async def scenario() -> None:
+            async with opened(make_store) as store:
+                await store.put_blob("file_1", data)
+                await store.put_record("file", "file_1", {"id": "file_1"})
+            async with opened(make_store) as store:
+                assert await store.get_blob("file_1") == data
+                assert await store.get_record("file", "file_1") == {"id": "file_1"}
+                assert await store.get_blob("file_2") is None
+                assert await store.delete_blob("file_1") is True
+                assert await store.get_blob("file_1") is None
+
+        asyncio.run(scenario())
+
     def test_close_is_idempotent(self, make_store: MakeStore) -> None:
         async def scenario() -> None:
             store = make_store()

@@ -67,7 +67,21 @@ def _v2_indexes(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX responses_by_conversation ON responses(conversation_id, created_at)")
 
 
-MIGRATIONS: list[Migration] = [_v1_tables, _v2_indexes]
+def _v3_records(db: sqlite3.Connection) -> None:
+    """Records (JSON objects by kind and id, optionally owned) and blobs (bytes by id)."""
+    db.execute("""CREATE TABLE records (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind TEXT NOT NULL,
+        id TEXT NOT NULL,
+        owner TEXT,
+        created_at INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        UNIQUE (kind, id))""")
+    db.execute("CREATE INDEX records_by_owner ON records(kind, owner, seq)")
+    db.execute("CREATE TABLE blobs (id TEXT PRIMARY KEY, data BLOB NOT NULL)")
+
+
+MIGRATIONS: list[Migration] = [_v1_tables, _v2_indexes, _v3_records]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -362,6 +376,97 @@ class SqliteStore:
             rows = db.execute("SELECT item FROM conversation_items WHERE conversation_id = ? ORDER BY position",
                               (conversation_id,)).fetchall()
             return [json.loads(item) for (item,) in rows]
+
+        return await self._run(body)
+
+    # -- records and blobs ------------------------------------------------------------------------
+    async def put_record(self, kind: str, record_id: str, data: dict[str, Any], *, owner: str | None = None,
+                         created_at: int = 0) -> None:
+        row = (kind, record_id, owner, created_at or int(time.time()), _dump(data))
+
+        def body(db: sqlite3.Connection) -> None:
+            self._write(db, lambda: db.execute(
+                "INSERT INTO records (kind, id, owner, created_at, data) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (kind, id) DO UPDATE SET owner = excluded.owner, data = excluded.data", row))
+
+        await self._run(body)
+
+    async def get_record(self, kind: str, record_id: str) -> dict[str, Any] | None:
+        def body(db: sqlite3.Connection) -> dict[str, Any] | None:
+            row = db.execute("SELECT data FROM records WHERE kind = ? AND id = ?", (kind, record_id)).fetchone()
+            return json.loads(row[0]) if row else None
+
+        return await self._run(body)
+
+    async def delete_record(self, kind: str, record_id: str) -> bool:
+        def body(db: sqlite3.Connection) -> bool:
+            return self._write(db, lambda: db.execute("DELETE FROM records WHERE kind = ? AND id = ?",
+                                                      (kind, record_id)).rowcount > 0)
+
+        return await self._run(body)
+
+    async def list_records(self, kind: str, *, owner: str | None = None, after: str | None = None, limit: int = 20,
+                           order: Order = "desc") -> Page:
+        _check_limit(limit)
+        if order not in ("asc", "desc"):
+            raise InvalidRequest(f"order must be 'asc' or 'desc', got {order!r}", param="order")
+
+        def body(db: sqlite3.Connection) -> Page:
+            def read() -> Page:
+                where, args = "kind = ?", [kind]
+                if owner is not None:
+                    where += " AND owner = ?"
+                    args.append(owner)
+                if after is not None:
+                    row = db.execute("SELECT seq FROM records WHERE kind = ? AND id = ?", (kind, after)).fetchone()
+                    if row is None:
+                        raise NotFound(f"no object with id {after!r}", param="after")
+                    where += " AND seq > ?" if order == "asc" else " AND seq < ?"
+                    args.append(row[0])
+                direction = "ASC" if order == "asc" else "DESC"
+                rows = db.execute(f"SELECT id, data FROM records WHERE {where} ORDER BY seq {direction} LIMIT ?",
+                                  (*args, limit + 1)).fetchall()
+                data = [json.loads(d) for _, d in rows[:limit]]
+                ids = [i for i, _ in rows[:limit]]
+                return Page(data, len(rows) > limit, ids[0] if ids else None, ids[-1] if ids else None)
+
+            return self._read(db, read)
+
+        return await self._run(body)
+
+    async def all_records(self, kind: str, owner: str) -> list[dict[str, Any]]:
+        def body(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = db.execute("SELECT data FROM records WHERE kind = ? AND owner = ? ORDER BY seq",
+                              (kind, owner)).fetchall()
+            return [json.loads(d) for (d,) in rows]
+
+        return await self._run(body)
+
+    async def delete_owned(self, kind: str, owner: str) -> int:
+        def body(db: sqlite3.Connection) -> int:
+            return self._write(db, lambda: db.execute("DELETE FROM records WHERE kind = ? AND owner = ?",
+                                                      (kind, owner)).rowcount)
+
+        return await self._run(body)
+
+    async def put_blob(self, blob_id: str, data: bytes) -> None:
+        def body(db: sqlite3.Connection) -> None:
+            self._write(db, lambda: db.execute(
+                "INSERT INTO blobs (id, data) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET data = excluded.data",
+                (blob_id, data)))
+
+        await self._run(body)
+
+    async def get_blob(self, blob_id: str) -> bytes | None:
+        def body(db: sqlite3.Connection) -> bytes | None:
+            row = db.execute("SELECT data FROM blobs WHERE id = ?", (blob_id,)).fetchone()
+            return bytes(row[0]) if row else None
+
+        return await self._run(body)
+
+    async def delete_blob(self, blob_id: str) -> bool:
+        def body(db: sqlite3.Connection) -> bool:
+            return self._write(db, lambda: db.execute("DELETE FROM blobs WHERE id = ?", (blob_id,)).rowcount > 0)
 
         return await self._run(body)
 
