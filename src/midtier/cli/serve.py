@@ -41,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
     from midtier.store import DB_NAME, open_store
 
     store = open_store(path=Path(args.data_dir) / DB_NAME) if args.data_dir else open_store()
-    app = create_app([served], store=store)
+    app = create_app([served], store=store, data_dir=Path(args.data_dir) if args.data_dir else None)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0

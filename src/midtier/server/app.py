@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -25,8 +26,10 @@ from midtier.server.errors import (
     validation_error,
 )
 from midtier.server.sse import EventStreamResponse, run_unless_disconnected, sse_data
+from midtier.store import default_data_dir
 from midtier.store.base import Store
 from midtier.streaming.chat import ChatStream
+from midtier.tools import Toolbox, ToolsConfig
 from midtier.types.chat import ChatCompletionRequest
 
 log = logging.getLogger(__name__)
@@ -131,9 +134,30 @@ def _sse_error(exc: BaseException) -> bytes:
                                "type": "server_error", "param": None, "code": None}})
 
 
-def create_app(models: list[ServedModel], store: Store | None = None) -> Starlette:
+def store_of(request: Request) -> Store:
+    """The app's store; the default one (SQLite in the data folder) is opened on first use."""
+    app = request.app
+    if app.state.store is None:
+        from midtier.store import open_store
+
+        app.state.store = open_store()
+        app.state.toolbox.store = app.state.store
+    store: Store = app.state.store
+    return store
+
+
+def toolbox_of(request: Request) -> Toolbox:
+    store_of(request)  # the toolbox shares the app's store
+    toolbox: Toolbox = request.app.state.toolbox
+    return toolbox
+
+
+def create_app(models: list[ServedModel], store: Store | None = None, tools: ToolsConfig | None = None,
+               data_dir: Path | None = None) -> Starlette:
     """``store`` keeps responses and conversations (the app closes it at shutdown); without one,
-    the default store is opened when a request first needs it."""
+    the default store is opened when a request first needs it. ``tools`` says which built-in
+    tools run (all by default); their files (containers, indexes) live under ``data_dir``
+    (default: the store's data folder)."""
     from midtier.server import responses  # it imports this module's helpers
 
     routes = [
@@ -149,5 +173,6 @@ def create_app(models: list[ServedModel], store: Store | None = None) -> Starlet
         Exception: handle_unexpected,
     })
     app.state.models = Models(models)
+    app.state.toolbox = Toolbox(tools or ToolsConfig(), store, data_dir or default_data_dir())
     responses.attach(app, store)
     return app

@@ -42,11 +42,10 @@ from midtier.core.messages import (
     new_id,
 )
 from midtier.loop import ServedModel, TurnTrace
-from midtier.server.app import read_json
+from midtier.server.app import read_json, store_of
 from midtier.server.chat import _TOOL_NAME, check_schema
 from midtier.server.errors import validation_error
 from midtier.server.sse import EventStreamResponse, run_unless_disconnected, sse_event
-from midtier.store import open_store
 from midtier.store.base import Page, Store, StoredResponse
 from midtier.streaming.responses import ResponseStream, replay
 from midtier.types.responses import (
@@ -587,11 +586,7 @@ async def run_background(plan: Plan, run: Run) -> None:
 
 # -- routes: responses ---------------------------------------------------------------------------
 def _store(request: Request) -> Store:
-    """The app's store; the default one (SQLite in the data folder) is opened on first use."""
-    if request.app.state.store is None:
-        request.app.state.store = open_store()
-    store: Store = request.app.state.store
-    return store
+    return store_of(request)
 
 
 def _runs(request: Request) -> Runs:
@@ -759,5 +754,6 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
     """At shutdown, background runs stop (as cancelled) before the store closes."""
     yield
     await app.state.runs.stop_all()
+    await app.state.toolbox.close()
     if app.state.store is not None:
         await app.state.store.close()
