@@ -76,7 +76,13 @@ class BuiltinTool(Protocol):
     The toolbox makes it as ``cls(toolbox)``."""
 
     type: ClassVar[str]  # the tool type in a request's ``tools`` ("code_interpreter")
-    item_type: ClassVar[str]  # the type of its output items ("code_interpreter_call")
+    item_type: ClassVar[str]  # the type of its call items ("code_interpreter_call")
+    # every item type it makes or reads back in a request's input (the call's, its output's...)
+    item_types: ClassVar[tuple[str, ...]]
+
+    def runs_on_server(self, param: dict[str, Any]) -> bool:
+        """False when its calls go to the client like function calls (``local_shell``, shell with a
+        local environment): the loop sends the item and ends the response there."""
 
     def check(self, param: dict[str, Any], where: str) -> None:
         """Validate the request's entry (raise ``InvalidRequest`` with ``param=where + ...``)."""
@@ -90,3 +96,14 @@ class BuiltinTool(Protocol):
     async def run(self, item: dict[str, Any], call: ToolCall, ctx: ToolContext) -> ToolResult:
         """Execute ``call``: fill ``item`` in place, emit progress, return what the model reads.
         Cancellation (``asyncio.CancelledError``) must stop the work at once (kill processes)."""
+
+    # -- history: items of earlier turns (a previous_response_id chain, a conversation, the input) --
+    def as_call(self, item: dict[str, Any]) -> ToolCall | None:
+        """The call the model made, for an item that holds one (its function name and JSON
+        arguments as the model wrote them); None for an output item."""
+
+    def as_output(self, item: dict[str, Any]) -> tuple[str, str] | None:
+        """``(call id, the text the model read)`` for an item that holds a call's result (for a
+        server-run tool, the call item itself; its call id is the one ``as_call`` gives). The loop
+        also keeps the exact text the model read (a ``tool_output`` record by item id), which is
+        used first; this is the fallback for items sent by a client."""
