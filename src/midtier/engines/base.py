@@ -41,6 +41,16 @@ class LogitsConstraint(Protocol):
         """Nothing but end-of-sequence can follow."""
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token's log-probability under the model's raw distribution (before penalties,
+    constraint and temperature), and the ``top`` most likely tokens there, best first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclass
 class GenChunk:
     """Tokens generated since the last chunk and their text."""
@@ -51,13 +61,19 @@ class GenChunk:
     prompt_tokens: int = 0  # set on the final chunk
     cached_tokens: int = 0  # prompt tokens served from the prefix cache
     completion_tokens: int = 0
+    # with GenerateOptions.logprobs: one per token of ``token_ids``
+    logprobs: list[TokenLogprob] | None = None
+    # with GenerateOptions.prompt_logprobs, on the first chunk: one per prompt token, None for the first
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass
 class GenerateOptions:
     sampling: Sampling = field(default_factory=Sampling)
-    max_tokens: int = 1024
+    max_tokens: int = 1024  # 0 evaluates the prompt only
     constraint: LogitsConstraint | None = None
+    logprobs: int | None = None  # None: none; N: each token's logprob and the N most likely tokens
+    prompt_logprobs: bool = False  # the prompt tokens' logprobs too (with ``logprobs`` of them on top)
 
 
 @runtime_checkable

@@ -23,8 +23,8 @@ import llama_cpp as llc
 import numpy as np
 
 from midtier.core.errors import ContextLengthExceeded, EngineError
-from midtier.engines.base import GenChunk, GenerateOptions, TokenizerSpec
-from midtier.engines.sampling import sample
+from midtier.engines.base import GenChunk, GenerateOptions, TokenizerSpec, TokenLogprob
+from midtier.engines.sampling import log_softmax, sample, token_logprob
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +194,36 @@ class LlamaCppEngine:
                 raise EngineError(f"llama_decode failed with code {rc}")
             self._cached.extend(part)
 
+    def _eval_scored(self, tokens: list[int], top: int, cancel: threading.Event) -> list[TokenLogprob | None]:
+        """Evaluate ``tokens`` into an empty cache with logits at every position: each token's
+        logprob given those before it (None for the first)."""
+        out: list[TokenLogprob | None] = [None]
+        for start in range(0, len(tokens), self._n_batch):
+            if cancel.is_set():
+                return out
+            part = tokens[start:start + self._n_batch]
+            batch = llc.llama_batch_init(len(part), 0, 1)
+            try:
+                for i, token in enumerate(part):
+                    batch.token[i] = token
+                    batch.pos[i] = start + i
+                    batch.n_seq_id[i] = 1
+                    batch.seq_id[i][0] = 0
+                    batch.logits[i] = 1
+                batch.n_tokens = len(part)
+                rc = llc.llama_decode(self._ctx, batch)
+                if rc != 0:
+                    llc.llama_memory_clear(self._mem, True)
+                    self._cached = []
+                    raise EngineError(f"llama_decode failed with code {rc}")
+                self._cached.extend(part)
+                for i in range(min(len(part), len(tokens) - start - 1)):
+                    logits = np.ctypeslib.as_array(llc.llama_get_logits_ith(self._ctx, i), shape=(self.n_vocab,))
+                    out.append(token_logprob(log_softmax(logits), tokens[start + i + 1], top))
+            finally:
+                llc.llama_batch_free(batch)
+        return out
+
     def _run(self, prompt: list[int], options: GenerateOptions, put: Callable[[GenChunk | BaseException], None],
              cancel: threading.Event) -> None:
         try:
@@ -204,14 +234,20 @@ class LlamaCppEngine:
     def _generate_sync(self, prompt: list[int], options: GenerateOptions,
                        put: Callable[[GenChunk | BaseException], None], cancel: threading.Event) -> None:
         keep = 0
-        limit = min(len(prompt) - 1, len(self._cached))  # the last prompt token is always evaluated
+        # the last prompt token is always evaluated; scoring the prompt evaluates all of it
+        limit = 0 if options.prompt_logprobs else min(len(prompt) - 1, len(self._cached))
         while keep < limit and self._cached[keep] == prompt[keep]:
             keep += 1
         if not llc.llama_memory_seq_rm(self._mem, 0, keep, -1):
             llc.llama_memory_clear(self._mem, True)
             keep = 0
         self._cached = self._cached[:keep]
-        self._eval(prompt[keep:], cancel)
+        top = options.logprobs or 0
+        prompt_lps = None
+        if options.prompt_logprobs:
+            prompt_lps = self._eval_scored(prompt, top, cancel)
+        else:
+            self._eval(prompt[keep:], cancel)
         if cancel.is_set():
             put(GenChunk([], "", finish="stop", prompt_tokens=len(prompt), cached_tokens=keep))
             return
@@ -230,6 +266,7 @@ class LlamaCppEngine:
                 break
             ptr = llc.llama_get_logits_ith(self._ctx, -1)
             logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+            raw = log_softmax(logits) if options.logprobs is not None else None
             if penalize and counts:
                 ids = np.fromiter(counts.keys(), dtype=np.int64)
                 n = np.fromiter(counts.values(), dtype=np.float32)
@@ -246,15 +283,19 @@ class LlamaCppEngine:
             generated += 1
             text = decoder.decode(self._piece_bytes(token))
             done = constraint is not None and constraint.is_finished()
+            chunk = GenChunk([token], text, prompt_logprobs=prompt_lps,
+                             logprobs=None if raw is None else [token_logprob(raw, token, top)])
+            prompt_lps = None
             if done or generated >= max_tokens:
                 finish = "stop" if done else "length"
-                put(GenChunk([token], text))
+                put(chunk)
                 break
-            put(GenChunk([token], text))
+            put(chunk)
             self._eval([token])
         tail = decoder.decode(b"", final=True)
         put(GenChunk([], tail, finish=finish,  # type: ignore[arg-type]
-                     prompt_tokens=len(prompt), cached_tokens=keep, completion_tokens=generated))
+                     prompt_tokens=len(prompt), cached_tokens=keep, completion_tokens=generated,
+                     prompt_logprobs=prompt_lps, logprobs=[] if options.logprobs is not None else None))
 
     async def reset_cache(self) -> None:
         """Forget the cached prefix (benchmarks compare against a full prefill)."""

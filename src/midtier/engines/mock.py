@@ -3,6 +3,7 @@
 Like simonw/llm's MockModel: ``enqueue`` the outputs the next requests should produce.
 Its vocabulary is bytes plus the special tokens you name, so constraints apply to it for
 real: a scripted output the constraint forbids is cut where the constraint refuses it.
+Its "model" is sure of the scripted token (see ``_logits``), which gives logprobs to test.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from collections.abc import AsyncGenerator
 
 import numpy as np
 
-from midtier.engines.base import GenChunk, GenerateOptions, TokenizerSpec
+from midtier.engines.base import GenChunk, GenerateOptions, TokenizerSpec, TokenLogprob
+from midtier.engines.sampling import log_softmax, token_logprob
 
 DEFAULT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content or '' }}"
@@ -70,11 +72,25 @@ class MockEngine:
         return TokenizerSpec(tokens=tokens, special_ids=list(range(256, self.n_vocab)), eos_ids=[self.eos_id],
                              bos_id=None, encode=lambda b: list(b), n_vocab=self.n_vocab)
 
+    def _logits(self, token: int) -> np.ndarray:
+        """The mock's raw logits when ``token`` comes next: it first, the byte after it second."""
+        logits = np.zeros(self.n_vocab, dtype=np.float32)
+        logits[token] = 4.0
+        logits[(token + 1) % 256 if token < 256 else 0] = 2.0
+        return logits
+
+    def _logprob(self, token: int, top: int) -> TokenLogprob:
+        return token_logprob(log_softmax(self._logits(token)), token, top)
+
     async def generate(self, prompt: list[int], options: GenerateOptions) -> AsyncGenerator[GenChunk, None]:
         async with self._lock:
             self.prompts.append(list(prompt))
             script = self.tokenize(self.outputs.popleft() if self.outputs else "") + [self.eos_id]
             constraint = options.constraint
+            top = options.logprobs or 0
+            prompt_lps: list[TokenLogprob | None] | None = None
+            if options.prompt_logprobs:
+                prompt_lps = [None, *(self._logprob(t, top) for t in prompt[1:])]
             n = 0
             finish = "length"
             pending = b""
@@ -102,7 +118,9 @@ class MockEngine:
                         text = ""
                     if self.delay:
                         await asyncio.sleep(self.delay)
-                    yield GenChunk([token], text)
+                    lps = None if options.logprobs is None else [self._logprob(token, top)]
+                    yield GenChunk([token], text, logprobs=lps, prompt_logprobs=prompt_lps)
+                    prompt_lps = None
                     if constraint is not None and constraint.is_finished():
                         finish = "stop"
                         break
@@ -110,7 +128,8 @@ class MockEngine:
                 self.cancelled += 1
                 raise
             yield GenChunk([], pending.decode(errors="replace"), finish=finish,  # type: ignore[arg-type]
-                           prompt_tokens=len(prompt), completion_tokens=n)
+                           prompt_tokens=len(prompt), completion_tokens=n, prompt_logprobs=prompt_lps,
+                           logprobs=None if options.logprobs is None else [])
 
     async def close(self) -> None:
         return None

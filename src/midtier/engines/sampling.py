@@ -1,8 +1,10 @@
-"""Choosing the next token from logits: greedy, temperature and nucleus (top_p)."""
+"""Choosing the next token from logits (greedy, temperature and nucleus top_p), and their log-probabilities."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from midtier.engines.base import TokenLogprob
 
 _TOP_K_FIRST = 1024  # nucleus sampling sorts only this many candidates unless they hold too little mass
 
@@ -27,3 +29,20 @@ def sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.
     keep = cand[:cut]
     p = probs[keep] / probs[keep].sum()
     return int(keep[rng.choice(keep.size, p=p)])
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max()
+    return x - np.log(np.exp(x).sum())
+
+
+def token_logprob(logprobs: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """``token``'s entry in a log-softmaxed distribution, with its ``top`` best tokens."""
+    best: tuple[tuple[int, float], ...] = ()
+    if top > 0:
+        k = min(top, logprobs.size)
+        cand = np.argpartition(-logprobs, k - 1)[:k]
+        cand = cand[np.argsort(-logprobs[cand], kind="stable")]
+        best = tuple((int(t), float(logprobs[t])) for t in cand)
+    return TokenLogprob(token, float(logprobs[token]), best)

@@ -44,6 +44,18 @@ class Rendered:
 
 
 @dataclass
+class TurnPlan:
+    """What a turn generates from, decided before it generates (``ServedModel.plan``)."""
+
+    conv: Conversation  # as rendered: tools fanned out for parallel calls
+    rendered: Rendered
+    fmt: Format  # the format configured for this request
+    grammar: str | None  # the constraint of the first generation
+    max_tokens: int
+    fan: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class TurnTrace:
     """Every layer of one turn, for introspection."""
 
@@ -97,16 +109,44 @@ class ServedModel:
             raise InvalidRequest("max_tokens must be at least 1", param="max_tokens", code="invalid_value")
         return min(asked or self.default_max_tokens, room)
 
-    # -- a whole turn -------------------------------------------------------------------------
-    async def stream(self, conv: Conversation, trace: TurnTrace | None = None) -> AsyncGenerator[StreamEvent, None]:
-        trace = trace if trace is not None else TurnTrace()
+    def plan(self, conv: Conversation, trace: TurnTrace | None = None) -> TurnPlan:
+        """Layers 2 and 3 of a turn without generating: the prompt, the format, the grammar.
+        ``trace`` gets the prompt as soon as it is rendered."""
+        fan: dict[str, str] = {}
+        if conv.tool_choice.parallel and conv.tool_choice.mode != "none" and self.format.list_fanout:
+            shown, fan = fan_out_tools(conv.tools)
+            conv = replace(conv, tools=shown)
+        rendered = self.render(conv)
+        if trace is not None:
+            trace.prompt, trace.prompt_tokens = rendered.text, len(rendered.ids)
+        max_tokens = self.max_tokens(conv, len(rendered.ids))
+        fmt = self.format.for_request(rendered.text, conv.tools)
+        if any(t.kind == "custom" for t in conv.tools) and not fmt.supports_custom_tools:
+            raise InvalidRequest(f"custom tools are not supported by this model's tool-call format {fmt.key!r}",
+                                 param="tools", code="unsupported_tool_type")
+        choice = conv.tool_choice
+        grammar = self.grammar(conv, fmt=fmt, ban_stray_json=choice.mode == "none" and bool(conv.tools)
+                               and conv.response_format.type == "text")
+        return TurnPlan(conv, rendered, fmt, grammar, max_tokens, fan)
+
+    def draft(self, conv: Conversation) -> Conversation | None:
+        """The conversation a turn first drafts a call with (``stream``), or None if it does not.
+
+        A model never trained on tools rarely starts a call of its own: in auto mode, a turn
+        drafts one, and keeps it if the conversation grounds it (see _grounded)."""
         choice = conv.tool_choice
         names = [t.name for t in choice.callable_tools(conv.tools)]
         if (choice.mode == "auto" and names and conv.response_format.type == "text"
                 and not self.format.native_tools):
-            # a model never trained on tools rarely starts a call of its own: draft one, and keep
-            # it if the conversation grounds it (see _grounded); else the model has its turn
-            forced = replace(conv, tool_choice=ToolChoice("required", tuple(names), choice.parallel))
+            return replace(conv, tool_choice=ToolChoice("required", tuple(names), choice.parallel))
+        return None
+
+    # -- a whole turn -------------------------------------------------------------------------
+    async def stream(self, conv: Conversation, trace: TurnTrace | None = None) -> AsyncGenerator[StreamEvent, None]:
+        trace = trace if trace is not None else TurnTrace()
+        forced = self.draft(conv)
+        if forced is not None:
+            # keep the drafted call if the conversation grounds it; else the model has its turn
             draft = [event async for event in self._turn(forced, trace)]
             if _grounded(conv, _calls_of(draft)):
                 trace.steered = "call"
@@ -118,23 +158,13 @@ class ServedModel:
             yield event
 
     async def _turn(self, conv: Conversation, trace: TurnTrace) -> AsyncGenerator[StreamEvent, None]:
-        fan: dict[str, str] = {}
-        if conv.tool_choice.parallel and conv.tool_choice.mode != "none" and self.format.list_fanout:
-            shown, fan = fan_out_tools(conv.tools)
-            conv = replace(conv, tools=shown)
-        rendered = self.render(conv)
-        trace.prompt, trace.prompt_tokens = rendered.text, len(rendered.ids)
-        max_tokens = self.max_tokens(conv, len(rendered.ids))
-        fmt = self.format.for_request(rendered.text, conv.tools)
-        if any(t.kind == "custom" for t in conv.tools) and not fmt.supports_custom_tools:
-            raise InvalidRequest(f"custom tools are not supported by this model's tool-call format {fmt.key!r}",
-                                 param="tools", code="unsupported_tool_type")
+        plan = self.plan(conv, trace)
+        conv, rendered, fmt, grammar, max_tokens, fan = (plan.conv, plan.rendered, plan.fmt, plan.grammar,
+                                                         plan.max_tokens, plan.fan)
         choice = conv.tool_choice
         names = [t.name for t in choice.callable_tools(conv.tools)]
         plain_text = conv.response_format.type == "text"
         steering = choice.mode == "auto" and bool(names) and plain_text and fmt.steer_stray_json
-        grammar = self.grammar(conv, fmt=fmt,
-                               ban_stray_json=choice.mode == "none" and bool(conv.tools) and plain_text)
         parser = StreamParser(fmt)
         stops = StopFilter(conv.sampling.stop)
         repeats = RepeatGuard()
