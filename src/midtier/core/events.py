@@ -7,7 +7,7 @@ non-streamed output are the same by construction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from midtier.core.messages import Usage
 
@@ -50,4 +50,37 @@ class Finish:
     usage: Usage
 
 
-StreamEvent = TextDelta | ReasoningDelta | ToolCallStart | ToolCallArgsDelta | ToolCallDone | Finish
+# -- the server-side tool loop (Responses API only) -------------------------------------------------
+@dataclass(frozen=True)
+class ItemStart:
+    """A built-in tool's output item opens (``item`` as it stands: id, type, status in_progress)."""
+
+    item: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ItemProgress:
+    """One of an open item's own stream events (``response.code_interpreter_call.interpreting``...):
+    its type and fields but item_id, output_index and sequence_number."""
+
+    item_id: str
+    type: str
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ItemDone:
+    """An item (opened by ``ItemStart``, or a whole new one) is final."""
+
+    item: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TextAnnotation:
+    """A citation on the text of the message being written (or the last one)."""
+
+    annotation: dict[str, Any]
+
+
+StreamEvent = (TextDelta | ReasoningDelta | ToolCallStart | ToolCallArgsDelta | ToolCallDone | Finish
+               | ItemStart | ItemProgress | ItemDone | TextAnnotation)

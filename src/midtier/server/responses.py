@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from midtier.core.errors import EngineError, InvalidRequest, MidtierError, NotFound
-from midtier.core.events import Finish, StreamEvent, ToolCallDone, ToolCallStart
+from midtier.core.events import StreamEvent
 from midtier.core.messages import (
     Conversation,
     Message,
@@ -38,16 +38,17 @@ from midtier.core.messages import (
     ToolCall,
     ToolChoice,
     ToolSpec,
-    Usage,
     new_id,
 )
 from midtier.loop import ServedModel, TurnTrace
-from midtier.server.app import read_json, store_of
+from midtier.loop.agent import Builtin, Limits, ToolLoop
+from midtier.server.app import read_json, store_of, toolbox_of
 from midtier.server.chat import _TOOL_NAME, check_schema
 from midtier.server.errors import validation_error
 from midtier.server.sse import EventStreamResponse, run_unless_disconnected, sse_event
 from midtier.store.base import Page, Store, StoredResponse
 from midtier.streaming.responses import ResponseStream, replay
+from midtier.tools import REGISTRY, BuiltinTool, Toolbox, ToolContext, ToolsConfig
 from midtier.types.responses import (
     AllowedToolsChoice,
     CreateResponseRequest,
@@ -107,15 +108,26 @@ def parse_body(model: type[BaseModel], data: dict[str, Any]) -> Any:
 
 
 # -- tools ---------------------------------------------------------------------------------------
-def tools_from_request(req: CreateResponseRequest, served: ServedModel) -> tuple[list[ToolSpec], list[dict[str, Any]]]:
-    """The tools as specs, and as the Response object echoes them."""
+def tools_from_request(req: CreateResponseRequest, served: ServedModel,
+                       toolbox: Toolbox | None = None) -> tuple[list[ToolSpec], list[dict[str, Any]], list[Builtin]]:
+    """The tools as specs, as the Response object echoes them, and the built-in ones."""
     specs: list[ToolSpec] = []
     echo: list[dict[str, Any]] = []
+    builtins: list[Builtin] = []
     for i, tool in enumerate(req.tools or []):
         param = f"tools[{i}]"
         if isinstance(tool, OtherTool):
-            raise InvalidRequest(f"tool type {tool.type!r} is not supported: this server takes function and custom "
-                                 "tools", param=f"{param}.type", code="unsupported_tool_type")
+            if toolbox is None or not toolbox.available(tool.type):
+                enabled = sorted(t for t in REGISTRY if toolbox is not None and toolbox.available(t))
+                raise InvalidRequest(f"tool type {tool.type!r} is not supported by this server: it takes function "
+                                     f"and custom tools{''.join(', ' + t for t in enabled)}",
+                                     param=f"{param}.type", code="unsupported_tool_type")
+            entry = tool.model_dump()
+            builtin = toolbox.tool(tool.type)
+            builtin.check(entry, param)
+            builtins.append(Builtin(builtin, entry))
+            echo.append(entry)
+            continue
         if not _TOOL_NAME.match(tool.name):
             raise InvalidRequest(f"invalid tool name {tool.name!r}: use 1 to 64 of a-z, A-Z, 0-9, _ and -",
                                  param=f"{param}.name", code="invalid_value")
@@ -137,25 +149,30 @@ def tools_from_request(req: CreateResponseRequest, served: ServedModel) -> tuple
         specs.append(spec)
         echo.append({"type": "custom", "name": tool.name, "format": fmt.model_dump() if fmt else {"type": "text"},
                      **({"description": tool.description} if tool.description is not None else {})})
-    return specs, echo
+    return specs, echo, builtins
 
 
-def tool_choice_from_request(req: CreateResponseRequest, tools: list[ToolSpec]) -> ToolChoice:
+def tool_choice_from_request(req: CreateResponseRequest, tools: list[ToolSpec],
+                             builtins: list[Builtin] | None = None) -> ToolChoice:
+    """``tool_choice``; a built-in tool is named by its type (the loop expands it to its functions)."""
     # max_tool_calls: none left means no call; one left means one call in this turn
     parallel = req.parallel_tool_calls is not False and req.max_tool_calls != 1
-    kinds = {t.name: t.kind for t in tools}
+    kinds: dict[str, str] = {t.name: t.kind for t in tools}
+    kinds.update({b.tool.type: "builtin" for b in builtins or []})
     choice = req.tool_choice
     allowed: tuple[str, ...] | None = None
     if choice is None:
-        mode = "auto" if tools else "none"
+        mode = "auto" if kinds else "none"
     elif isinstance(choice, str):
-        if choice == "required" and not tools:
+        if choice == "required" and not kinds:
             raise InvalidRequest("tool_choice 'required' needs at least one tool in tools", param="tool_choice",
                                  code="invalid_value")
         mode = choice
     elif isinstance(choice, OtherToolChoice):
-        raise InvalidRequest(f"tool_choice type {choice.type!r} is not supported", param="tool_choice.type",
-                             code="unsupported_tool_type")
+        if kinds.get(choice.type) != "builtin":
+            raise InvalidRequest(f"tool_choice type {choice.type!r} names no tool of tools", param="tool_choice.type",
+                                 code="unsupported_tool_type" if choice.type not in REGISTRY else "invalid_value")
+        mode, allowed = "required", (choice.type,)
     elif isinstance(choice, NamedTool):
         if kinds.get(choice.name) != choice.type:
             raise InvalidRequest(f"tool_choice names no {choice.type} tool {choice.name!r} of tools",
@@ -166,7 +183,7 @@ def tool_choice_from_request(req: CreateResponseRequest, tools: list[ToolSpec]) 
         names = []
         for j, entry in enumerate(choice.tools):
             fn = entry.get("function")
-            name = fn.get("name") if isinstance(fn, dict) else entry.get("name")
+            name = fn.get("name") if isinstance(fn, dict) else entry.get("name", entry.get("type"))
             if name not in kinds:
                 raise InvalidRequest(f"allowed_tools names unknown tool {name!r}", param=f"tool_choice.tools[{j}]",
                                      code="invalid_value")
@@ -211,9 +228,11 @@ def _output(output: Any, param: str) -> Any:
     return output if isinstance(output, str) else _parts(output, "tool", param)
 
 
-def stored_items(items: Iterable[Any], param: str, context: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def stored_items(items: Iterable[Any], param: str, context: list[dict[str, Any]],
+                 tool_items: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """Request items in their stored shape, each with an id; references resolved against
-    ``context`` and the items before them."""
+    ``context`` and the items before them. ``tool_items``: the item types of the built-in tools
+    this server runs, kept as sent."""
     out: list[dict[str, Any]] = []
     for i, item in enumerate(items):
         p = f"{param}[{i}]"
@@ -247,8 +266,13 @@ def stored_items(items: Iterable[Any], param: str, context: list[dict[str, Any]]
             out.append(found)
         else:
             assert isinstance(item, OtherItem)
-            raise InvalidRequest(f"item type {item.type!r} is not supported by this server", param=f"{p}.type",
-                                 code="unsupported_item_type")
+            if item.type not in tool_items:
+                raise InvalidRequest(f"item type {item.type!r} is not supported by this server", param=f"{p}.type",
+                                     code="unsupported_item_type")
+            kept = item.model_dump()
+            kept.setdefault("id", None)
+            kept["id"] = kept["id"] or new_id(item.type.split("_")[0][:4] + "_")
+            out.append(kept)
     return out
 
 
@@ -269,10 +293,14 @@ def _text(parts: Any) -> str:
     return "".join(str(p.get("text", p.get("refusal", ""))) for p in parts)
 
 
-def messages_from_items(items: list[dict[str, Any]]) -> list[Message]:
+def messages_from_items(items: list[dict[str, Any]], tool_for: Callable[[str], BuiltinTool | None] | None = None,
+                        outputs: dict[str, dict[str, Any]] | None = None) -> list[Message]:
     """Stored items as the conversation model: a run of assistant-side items (reasoning,
-    text, calls) is one assistant message; each tool output is a tool message."""
+    text, calls) is one assistant message; each tool output is a tool message. A built-in
+    tool's items read back as the call and the output the model saw (``outputs``: the
+    ``tool_output`` records by item id), or as ``tool_for(type)`` reads them."""
     out: list[Message] = []
+    outputs = outputs or {}
 
     def assistant(opens_turn: bool = False) -> Message:
         last = out[-1] if out else None
@@ -299,6 +327,16 @@ def messages_from_items(items: list[dict[str, Any]]) -> list[Message]:
                                                    "custom" if custom else "function"))
         elif kind in ("function_call_output", "custom_tool_call_output"):
             out.append(Message("tool", _text(item["output"]), tool_call_id=item["call_id"]))
+        elif item.get("id") in outputs:
+            seen = outputs[item["id"]]
+            assistant().tool_calls.append(ToolCall(seen["call_id"], seen["name"], seen["arguments"]))
+            out.append(Message("tool", seen["output"], tool_call_id=seen["call_id"]))
+        elif tool_for is not None and (tool := tool_for(kind)) is not None:
+            call, output = tool.as_call(item), tool.as_output(item)
+            if call is not None:
+                assistant().tool_calls.append(call)
+            if output is not None:
+                out.append(Message("tool", output[1], tool_call_id=output[0]))
     return out
 
 
@@ -330,6 +368,10 @@ class Plan:
     conversation_ids: set[str] = field(default_factory=set)
     trace: TurnTrace = field(default_factory=TurnTrace)
     appended: bool = False
+    builtins: list[Builtin] = field(default_factory=list)
+    toolbox: Toolbox | None = None
+    scope: str = ""  # the conversation, or the first response of the chain
+    history: list[dict[str, Any]] = field(default_factory=list)  # the items of the context and the input
 
     @property
     def id(self) -> str:
@@ -369,17 +411,35 @@ def response_object(req: CreateResponseRequest, tools: list[dict[str, Any]], con
     return obj
 
 
-async def plan_response(req: CreateResponseRequest, served: ServedModel, store: Store) -> Plan:
+def _tool_lookup(toolbox: Toolbox | None) -> tuple[frozenset[str], Callable[[str], BuiltinTool | None]]:
+    """The item types of the enabled built-in tools, and the tool of an item type."""
+    by_item: dict[str, str] = {}
+    if toolbox is not None:
+        for kind in REGISTRY:
+            if toolbox.available(kind):
+                for item_type in toolbox.tool(kind).item_types:
+                    by_item.setdefault(item_type, kind)
+
+    def tool_for(item_type: str) -> BuiltinTool | None:
+        kind = by_item.get(item_type)
+        return toolbox.tool(kind) if toolbox is not None and kind is not None else None
+
+    return frozenset(by_item), tool_for
+
+
+async def plan_response(req: CreateResponseRequest, served: ServedModel, store: Store,
+                        toolbox: Toolbox | None = None) -> Plan:
     if req.previous_response_id and req.conversation:
         raise InvalidRequest("previous_response_id and conversation cannot be used together",
                              param="conversation", code="invalid_value")
     if req.background and req.store is False:
         raise InvalidRequest("background responses must be stored: background needs store true",
                              param="background", code="invalid_value")
-    tools, tools_echo = tools_from_request(req, served)
-    choice = tool_choice_from_request(req, tools)
+    tools, tools_echo, builtins = tools_from_request(req, served, toolbox)
+    choice = tool_choice_from_request(req, tools, builtins)
     context: list[dict[str, Any]] = []
     conversation_id = None
+    scope = ""
     if req.previous_response_id:
         chain = await store.chain(req.previous_response_id)
         if not chain:
@@ -387,15 +447,22 @@ async def plan_response(req: CreateResponseRequest, served: ServedModel, store: 
                            param="previous_response_id")
         for previous in chain:
             context += previous.input_items + list(previous.response.get("output") or [])
+        scope = chain[0].conversation_id or chain[0].id
     elif req.conversation:
         conversation_id = req.conversation if isinstance(req.conversation, str) else req.conversation.id
         if await store.get_conversation(conversation_id) is None:
             raise NotFound(f"Conversation with id '{conversation_id}' not found.", param="conversation")
         context = await store.all_items(conversation_id)
+        scope = conversation_id
     raw = [MessageItem(role="user", content=req.input)] if isinstance(req.input, str) else req.input or []
-    items = stored_items(raw, "input", context)
+    tool_items, tool_for = _tool_lookup(toolbox)
+    items = stored_items(raw, "input", context, tool_items)
     check_call_ids(items, context, "input")
-    messages = messages_from_items(context + items)
+    outputs: dict[str, dict[str, Any]] = {}
+    for item in context:
+        if item.get("type") in tool_items and (seen := await store.get_record("tool_output", item["id"])):
+            outputs[item["id"]] = seen
+    messages = messages_from_items(context + items, tool_for, outputs)
     if not messages:
         raise InvalidRequest("input must hold at least one item", param="input", code="empty_array")
     # instructions are the current request's only: those of earlier responses are not carried over
@@ -408,7 +475,8 @@ async def plan_response(req: CreateResponseRequest, served: ServedModel, store: 
         truncate(conv, served, min(req.max_output_tokens or 1, served.engine.context_length // 2))
     obj = response_object(req, tools_echo, conversation_id)
     state = ResponseStream(obj, count_tokens=lambda text: len(served.engine.tokenize(text, special=False)))
-    return Plan(req, served, conv, state, items, store, conversation_id, {str(x.get("id")) for x in context})
+    return Plan(req, served, conv, state, items, store, conversation_id, {str(x.get("id")) for x in context},
+                builtins=builtins, toolbox=toolbox, scope=scope or str(obj["id"]), history=context + items)
 
 
 # -- generation ----------------------------------------------------------------------------------
@@ -418,29 +486,19 @@ async def _aclose(events: AsyncIterator[Any]) -> None:
         await aclose()
 
 
-async def _limit_calls(plan: Plan, events: AsyncIterator[StreamEvent], limit: int) -> AsyncGenerator[StreamEvent]:
-    """``max_tool_calls``: the turn ends once it has made that many calls."""
-    reached = False
-    try:
-        async for event in events:
-            if isinstance(event, ToolCallStart) and event.index >= limit:
-                reached = True
-                break
-            yield event
-            if isinstance(event, ToolCallDone) and event.index == limit - 1:
-                reached = True
-                break
-    finally:
-        await _aclose(events)
-    if reached:
-        generated = len(plan.served.engine.tokenize(plan.trace.raw_output, special=True))
-        yield Finish("tool_calls", Usage(plan.trace.prompt_tokens, generated, 0))
-
-
 def turn(plan: Plan) -> AsyncIterator[StreamEvent]:
-    events = plan.served.stream(plan.conv, plan.trace)
-    limit = plan.req.max_tool_calls
-    return _limit_calls(plan, events, limit) if limit is not None and limit > 1 else events
+    """The response's turns: the model's, and those of the built-in tools it calls (``ToolLoop``)."""
+    settings = plan.toolbox.config if plan.toolbox is not None else ToolsConfig()
+    include = frozenset(plan.req.include or [])
+
+    def context(builtin: Builtin, emit: Callable[[str, dict[str, Any]], None]) -> ToolContext:
+        assert plan.toolbox is not None
+        return ToolContext(plan.id, builtin.param, plan.store, plan.toolbox, plan.scope, emit, include,
+                           settings.tool_timeout, extra={"history": plan.history})
+
+    limits = Limits(plan.req.max_tool_calls, settings.max_turns, settings.tool_timeout)
+    loop = ToolLoop(plan.served, plan.conv, plan.builtins, plan.store, context, limits, plan.trace, plan.id)
+    return loop.run()
 
 
 async def save(plan: Plan) -> None:
@@ -631,7 +689,7 @@ async def _streamed(plan: Plan, first: StreamEvent, events: AsyncIterator[Stream
 async def create_response(request: Request) -> Response | EventStreamResponse:
     req: CreateResponseRequest = parse_body(CreateResponseRequest, await read_json(request))
     served = request.app.state.models.get(req.model)
-    plan = await plan_response(req, served, _store(request))
+    plan = await plan_response(req, served, _store(request), toolbox_of(request))
     runs = _runs(request)
     if req.background:
         run = runs.add(plan.id, Run())

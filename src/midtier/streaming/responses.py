@@ -23,8 +23,12 @@ from typing import Any, Literal
 
 from midtier.core.events import (
     Finish,
+    ItemDone,
+    ItemProgress,
+    ItemStart,
     ReasoningDelta,
     StreamEvent,
+    TextAnnotation,
     TextDelta,
     ToolCallArgsDelta,
     ToolCallDone,
@@ -87,6 +91,7 @@ class ResponseStream:
         self.sequence_number = 0
         self._open: _Open | None = None
         self._calls: dict[int, int] = {}  # a call's index in the turn -> its output index
+        self._items: dict[str, int] = {}  # a built-in tool's item id -> its output index
         self._reasoning = ""
 
     # -- events -------------------------------------------------------------------------------------
@@ -180,7 +185,7 @@ class ResponseStream:
             extra: dict[str, Any] = {"logprobs": []} if o.kind == "message" else {}
             out.append(self._event(done_type, **ids, content_index=0, text=o.text, **extra))
             out.append(self._event("response.content_part.done", **ids, content_index=0,
-                                   part=_text_part(o.kind, o.text)))
+                                   part=copy.deepcopy(item["content"][0])))
         elif o.kind == "function_call":
             out.append(self._event(done_type, **ids, name=item["name"], arguments=o.text))
         else:
@@ -216,7 +221,37 @@ class ResponseStream:
             return []  # the item closes when the next one opens, or at the end
         if isinstance(event, Finish):
             return self.finish(event)
+        if isinstance(event, ItemStart):
+            out = self._close("completed")
+            self._items[event.item["id"]] = len(self.output)
+            self.output.append(copy.deepcopy(event.item))
+            return [*out, self._event("response.output_item.added", output_index=len(self.output) - 1,
+                                      item=copy.deepcopy(event.item))]
+        if isinstance(event, ItemProgress):
+            return [self._event(event.type, item_id=event.item_id, output_index=self._items[event.item_id],
+                                **event.fields)]
+        if isinstance(event, ItemDone):
+            out = []
+            if event.item["id"] not in self._items:
+                out = self.feed(ItemStart(event.item))
+            index = self._items[event.item["id"]]
+            self.output[index] = copy.deepcopy(event.item)
+            return [*out, self._event("response.output_item.done", output_index=index, item=copy.deepcopy(event.item))]
+        if isinstance(event, TextAnnotation):
+            return self._annotate(event.annotation)
         raise TypeError(f"unknown event {event!r}")
+
+    def _annotate(self, annotation: dict[str, Any]) -> list[dict[str, Any]]:
+        """A citation on the message being written, or the last one written."""
+        index = next((i for i in range(len(self.output) - 1, -1, -1) if self.output[i]["type"] == "message"), None)
+        if index is None:
+            log.warning("a citation with no message to carry it: dropped")
+            return []
+        item = self.output[index]
+        annotations = item["content"][0].setdefault("annotations", [])
+        annotations.append(copy.deepcopy(annotation))
+        return [self._event("response.output_text.annotation.added", item_id=item["id"], output_index=index,
+                            content_index=0, annotation_index=len(annotations) - 1, annotation=copy.deepcopy(annotation))]
 
     def finish(self, event: Finish) -> list[dict[str, Any]]:
         out = self._close("incomplete" if event.reason == "length" else "completed")
@@ -260,7 +295,8 @@ def replay(response: dict[str, Any]) -> list[dict[str, Any]]:
         events += state.in_progress()
     for item in response.get("output", []):
         kind: Kind = item["type"]
-        if kind not in _PREFIX:
+        if kind not in _PREFIX:  # a built-in tool's item: added and done, as it ended
+            events += state.feed(ItemDone(copy.deepcopy(item)))
             continue
         empty = {**copy.deepcopy(item), "content": []} if kind in ("message", "reasoning") else copy.deepcopy(item)
         if kind == "function_call":
@@ -273,6 +309,9 @@ def replay(response: dict[str, Any]) -> list[dict[str, Any]]:
         text = _item_text(item)
         if text:
             events += state._delta(text)
+        if kind == "message":
+            for annotation in (item.get("content") or [{}])[0].get("annotations") or []:
+                events += state._annotate(annotation)
         events += state._close(item.get("status", "completed"))
     if status in ("completed", "incomplete", "failed"):
         state.response = copy.deepcopy(response)

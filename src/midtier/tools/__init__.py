@@ -49,6 +49,7 @@ class Toolbox:
         self.data_dir = data_dir
         self._tools: dict[str, BuiltinTool] = {}
         self._services: dict[str, Any] = {}
+        self._unavailable: set[str] = set()
 
     @property
     def store(self) -> Store:
@@ -64,6 +65,19 @@ class Toolbox:
 
     def enabled(self, tool_type: str) -> bool:
         return tool_type in REGISTRY and tool_type in self.config.enabled
+
+    def available(self, tool_type: str) -> bool:
+        """Enabled, and its module loads (a missing optional dependency disables a tool, loudly)."""
+        if not self.enabled(tool_type):
+            return False
+        try:
+            self.tool(tool_type)
+        except ImportError as exc:
+            if tool_type not in self._unavailable:
+                self._unavailable.add(tool_type)
+                log.warning("built-in tool %s is unavailable: %s", tool_type, exc)
+            return False
+        return True
 
     def settings(self, tool_type: str) -> dict[str, Any]:
         return dict(self.config.settings.get(tool_type, {}))

@@ -41,6 +41,16 @@ class ToolError(Exception):
         self.status = status
 
 
+class NeedsApproval(Exception):
+    """Raised by ``run`` when a call must wait for the client's approval: ``item`` (an
+    ``mcp_approval_request``) is sent in place of the call's item and the response ends there,
+    like a function call; the client answers in its next request."""
+
+    def __init__(self, item: dict[str, Any]) -> None:
+        super().__init__(item.get("id"))
+        self.item = item
+
+
 @dataclass
 class ToolContext:
     """What one execution of a built-in tool may use."""
@@ -96,6 +106,12 @@ class BuiltinTool(Protocol):
     async def run(self, item: dict[str, Any], call: ToolCall, ctx: ToolContext) -> ToolResult:
         """Execute ``call``: fill ``item`` in place, emit progress, return what the model reads.
         Cancellation (``asyncio.CancelledError``) must stop the work at once (kill processes)."""
+
+    # optional: ``async def prepare(self, param, ctx) -> AsyncIterator[StreamEvent]``, run before
+    # the first model turn (after ``check``, before ``functions``): the events of items of its own
+    # (``mcp_list_tools``; calls approved in this request's input, run now). ``ctx.extra["history"]``
+    # holds the items of the context and the input. Every item it finishes (``ItemDone``) that
+    # ``as_call``/``as_output`` read as a call and its result is added to what the model sees.
 
     # -- history: items of earlier turns (a previous_response_id chain, a conversation, the input) --
     def as_call(self, item: dict[str, Any]) -> ToolCall | None:
