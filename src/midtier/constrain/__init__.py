@@ -71,6 +71,20 @@ class Constrainer:
         return bool(c.matcher.consume_tokens(tokens)) and c.is_accepting()
 
 
+def output_grammar(kind: str, spec: Any) -> str:
+    """A Lark grammar for a whole output given as vLLM's ``structured_outputs`` do: ``grammar``
+    (Lark text, as is), ``regex`` (a pattern), ``json`` (a JSON schema) or ``choice`` (strings)."""
+    if kind == "grammar":
+        return str(spec)
+    if kind == "regex":
+        return f"start: /{llguidance.regex_to_lark(spec)}/\n"
+    if kind == "json":
+        return "start: %json " + json.dumps(spec) + "\n"
+    if kind == "choice":
+        return "start: " + " | ".join(json.dumps(c) for c in spec) + "\n"
+    raise ValueError(f"unknown output grammar kind {kind!r}")
+
+
 def _top_level(lark: str, tools: list[ToolSpec]) -> str:
     """The grammar llguidance takes: the format's Lark grammar first, then one named
     subgrammar per custom tool that has its own (a regex becomes a one-rule Lark grammar)."""
@@ -109,4 +123,4 @@ class GrammarConstraint:
         return bool(self.matcher.is_accepting())
 
 
-__all__ = ["Constrainer", "GrammarConstraint"]
+__all__ = ["Constrainer", "GrammarConstraint", "output_grammar"]

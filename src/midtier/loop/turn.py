@@ -51,7 +51,6 @@ class TurnPlan:
     rendered: Rendered
     fmt: Format  # the format configured for this request
     grammar: str | None  # the constraint of the first generation
-    max_tokens: int
     fan: dict[str, str] = field(default_factory=dict)
 
 
@@ -119,7 +118,6 @@ class ServedModel:
         rendered = self.render(conv)
         if trace is not None:
             trace.prompt, trace.prompt_tokens = rendered.text, len(rendered.ids)
-        max_tokens = self.max_tokens(conv, len(rendered.ids))
         fmt = self.format.for_request(rendered.text, conv.tools)
         if any(t.kind == "custom" for t in conv.tools) and not fmt.supports_custom_tools:
             raise InvalidRequest(f"custom tools are not supported by this model's tool-call format {fmt.key!r}",
@@ -127,7 +125,7 @@ class ServedModel:
         choice = conv.tool_choice
         grammar = self.grammar(conv, fmt=fmt, ban_stray_json=choice.mode == "none" and bool(conv.tools)
                                and conv.response_format.type == "text")
-        return TurnPlan(conv, rendered, fmt, grammar, max_tokens, fan)
+        return TurnPlan(conv, rendered, fmt, grammar, fan)
 
     def draft(self, conv: Conversation) -> Conversation | None:
         """The conversation a turn first drafts a call with (``stream``), or None if it does not.
@@ -159,8 +157,8 @@ class ServedModel:
 
     async def _turn(self, conv: Conversation, trace: TurnTrace) -> AsyncGenerator[StreamEvent, None]:
         plan = self.plan(conv, trace)
-        conv, rendered, fmt, grammar, max_tokens, fan = (plan.conv, plan.rendered, plan.fmt, plan.grammar,
-                                                         plan.max_tokens, plan.fan)
+        conv, rendered, fmt, grammar, fan = plan.conv, plan.rendered, plan.fmt, plan.grammar, plan.fan
+        max_tokens = self.max_tokens(conv, len(rendered.ids))
         choice = conv.tool_choice
         names = [t.name for t in choice.callable_tools(conv.tools)]
         plain_text = conv.response_format.type == "text"

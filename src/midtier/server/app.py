@@ -158,7 +158,7 @@ def create_app(models: list[ServedModel], store: Store | None = None, tools: Too
     the default store is opened when a request first needs it. ``tools`` says which built-in
     tools run (all by default); their files (containers, indexes) live under ``data_dir``
     (default: the store's data folder)."""
-    from midtier.server import responses  # it imports this module's helpers
+    from midtier.server import completions, responses  # they import this module's helpers
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -166,6 +166,7 @@ def create_app(models: list[ServedModel], store: Store | None = None, tools: Too
         Route("/v1/models/{model:path}", get_model, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         *responses.routes(),
+        *completions.routes(),
     ]
     app = Starlette(routes=routes, lifespan=responses.lifespan, exception_handlers={
         MidtierError: handle_midtier_error,
