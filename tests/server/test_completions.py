@@ -516,3 +516,26 @@ def test_async_sdk(http: TestClient, engine: MockEngine) -> None:
             return r.choices[0].text
 
     assert asyncio.run(main()) == "async ok"
+
+
+class _Upstream:
+    """A model midtier does not run itself (as an upstream server's): no tokenizer here."""
+
+    name = "upstream"
+    context_length = None
+
+
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/completions", {"prompt": "x"}),
+    ("/tokenize", {"prompt": "x"}),
+    ("/tokenize", {"messages": USER}),
+    ("/detokenize", {"tokens": [1]}),
+    ("/v1/chat/completions/render", {"messages": USER}),
+])
+def test_a_model_without_a_local_tokenizer_refuses_clearly(served: ServedModel, path: str,
+                                                           body: dict[str, Any]) -> None:
+    with TestClient(create_app([served, _Upstream()])) as http:  # type: ignore[list-item]
+        r = http.post(path, json={"model": "upstream", **body})
+    assert r.status_code == 400
+    assert (r.json()["error"]["param"], r.json()["error"]["code"]) == ("model", "unsupported_model")
+    assert "not supported for the model 'upstream'" in r.json()["error"]["message"]

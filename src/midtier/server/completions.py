@@ -52,6 +52,15 @@ class _Prompt:
     text: str  # what echo shows: the prompt as written, or its token ids' text
 
 
+def _local(request: Request, name: str, what: str) -> ServedModel:
+    """The model ``name`` if midtier runs it (it has a tokenizer and a template here)."""
+    model = request.app.state.models.get(name)
+    if not isinstance(model, ServedModel):
+        raise InvalidRequest(f"{what} is not supported for the model {name!r}: it runs on an upstream server",
+                             param="model", code="unsupported_model")
+    return model
+
+
 # -- prompts ----------------------------------------------------------------------------------
 
 def _vocab_size(model: ServedModel) -> int:
@@ -145,7 +154,7 @@ def _refuse_unsupported(req: CompletionRequest) -> None:
 
 async def create_completion(request: Request) -> Response | EventStreamResponse:
     req: CompletionRequest = parse(CompletionRequest, await read_json(request))
-    model: ServedModel = request.app.state.models.get(req.model)
+    model = _local(request, req.model, "/v1/completions")
     _refuse_unsupported(req)
     prompts = _prompts(model, req.prompt)
     grammar = _grammar(model, req.structured_outputs)
@@ -221,11 +230,11 @@ async def tokenize(request: Request) -> Response:
     if "messages" in data:
         strs = data.pop("return_token_strs", None)
         req: ChatCompletionRequest = parse(ChatCompletionRequest, data)
-        model: ServedModel = request.app.state.models.get(req.model)
+        model = _local(request, req.model, "/tokenize")
         ids = model.plan(conversation_from_request(req)).rendered.ids
     else:
         text_req: TokenizeTextRequest = parse(TokenizeTextRequest, data)
-        model = request.app.state.models.get(text_req.model)
+        model = _local(request, text_req.model, "/tokenize")
         ids, strs = model.engine.tokenize(text_req.prompt, special=True), text_req.return_token_strs
     out: dict[str, Any] = {"count": len(ids), "max_model_len": model.engine.context_length, "tokens": ids}
     if strs:
@@ -235,7 +244,7 @@ async def tokenize(request: Request) -> Response:
 
 async def detokenize(request: Request) -> Response:
     req: DetokenizeRequest = parse(DetokenizeRequest, await read_json(request))
-    model: ServedModel = request.app.state.models.get(req.model)
+    model = _local(request, req.model, "/detokenize")
     size = _vocab_size(model)
     for i, token in enumerate(req.tokens):
         if not 0 <= token < size:
@@ -250,7 +259,7 @@ async def render_chat(request: Request) -> Response:
     ``draft_grammar``: for a model whose format has no tool training, auto mode first drafts a
     call under this grammar (``ServedModel.draft``) and falls back to ``grammar``."""
     req: ChatCompletionRequest = parse(ChatCompletionRequest, await read_json(request))
-    model: ServedModel = request.app.state.models.get(req.model)
+    model = _local(request, req.model, "rendering")
     conv = conversation_from_request(req)
     plan = model.plan(conv)
     forced = model.draft(conv)
