@@ -496,7 +496,7 @@ class TestSqliteStore(StoreContract):
 def test_registry_and_default_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MIDTIER_DATA", str(tmp_path / "data"))
     assert default_data_dir() == tmp_path / "data"
-    assert set(REGISTRY) == {"sqlite"}
+    assert set(REGISTRY) == {"sqlite", "postgres"}
 
     async def scenario() -> None:
         store = open_store()

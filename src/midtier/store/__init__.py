@@ -15,6 +15,7 @@ from midtier.store.base import Order, Page, Store, StoredConversation, StoredRes
 
 REGISTRY: dict[str, str] = {
     "sqlite": "midtier.store.sqlite:SqliteStore",
+    "postgres": "midtier.store.postgres:PostgresStore",
 }
 
 DB_NAME = "midtier.sqlite3"
