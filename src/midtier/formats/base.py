@@ -235,22 +235,31 @@ def call_schema(tool: ToolSpec, args_key: str = "arguments", name_key: str = "na
 #: output that begins like a JSON call written as text: ``{``, ``[{``, a ```json fence, or
 #: a JSON object in a fence of any other language (small models write ```xml {"name": ...})
 STRAY_JSON_START = (r"[ \t\r\n]*(\{|\[[ \t\r\n]*\{|```[ \t]*json|```[ \t]*[A-Za-z]*[ \t\r\n]*\{"
-                    r"|```[ \t]*[A-Za-z]*[ \t\r\n]*\[[ \t\r\n]*\{|(```[ \t]*[A-Za-z]*[ \t\r\n]*)?<tools>)(?s:.*)")
+                    r"|```[ \t]*[A-Za-z]*[ \t\r\n]*\[[ \t\r\n]*\{"
+                    r"|(```[ \t]*[A-Za-z]*[ \t\r\n]*)?<(tools?|tool_response|function)[ \t\r\n>=])(?s:.*)")
 #: anywhere in text that is meant to be an answer: a call written as JSON, or the model
 #: echoing its tool definitions (``{"type": "function", "function": {"name": ...``)
 _WS = r"[ \t\r\n]*"
-CALL_SHAPED_JSON = (rf"(?s:.*)(\{{{_WS}\"name\"{_WS}:{_WS}\"[^\"]*\"{_WS},{_WS}\"(arguments|parameters)\""
-                    rf"|\"function\"{_WS}:{_WS}\{{{_WS}\"name\")(?s:.*)")
+_CALL_SHAPE = (rf"(\{{{_WS}\"name\"{_WS}:{_WS}\"[^\"]*\"{_WS},{_WS}\"(arguments|parameters)\""
+               rf"|\"function\"{_WS}:{_WS}\{{{_WS}\"name\"|<(tools?|tool_response)[ \t\r\n>]|<function=)")
+CALL_SHAPED_JSON = rf"(?s:.*){_CALL_SHAPE}(?s:.*)"
+#: an answer that starts as prose (not as JSON, a fence or a tag, which auto mode's probe reads
+#: and redirects) and goes on to write a call as text: banned in every answer where tools exist
+PROSE_THEN_CALL = rf"[ \t\r\n]*[^ \t\r\n{{\[`<](?s:.*){_CALL_SHAPE}(?s:.*)"
 
 
-def free_text(markers: Markers, *forbidden: str, ban_stray_json: bool = False) -> str:
-    """The Lark body of free text that cannot contain ``forbidden`` markers and, when
-    ``ban_stray_json``, cannot start like a call written as bare or fenced JSON nor hold a
-    call-shaped JSON object (or the tool definitions) anywhere: an answer leaks no call."""
+def free_text(markers: Markers, *forbidden: str, ban_stray_json: bool = False, answer: bool = True) -> str:
+    """The Lark body of free text that cannot contain ``forbidden`` markers nor, once it has
+    started as prose, a call written as text (call-shaped JSON, the tool definitions, an
+    XML-ish call); when ``ban_stray_json``, it cannot start like a call written as bare or
+    fenced JSON either, nor hold one anywhere: an answer leaks no call. Reasoning
+    (``answer`` False) is free: nothing in it is constrained as a call."""
     body = markers.text_without(*forbidden)
+    if not answer:
+        return body
     if ban_stray_json:
-        body = f"({body}) & ~/{STRAY_JSON_START}/ & ~/{CALL_SHAPED_JSON}/"
-    return body
+        return f"({body}) & ~/{STRAY_JSON_START}/ & ~/{CALL_SHAPED_JSON}/"
+    return f"({body}) & ~/{PROSE_THEN_CALL}/"
 
 
 def _stray_object_start(text: str) -> int | None:

@@ -182,7 +182,11 @@ class ServedModel:
                         probe += chunk.text
                         decided = fmt.call_intent(probe, names)
                         more = chunk.finish is None and generated < PROBE_TOKENS
-                        if decided is None and more:
+                        xml = _xml_intent(probe, names) if not decided else False
+                        if xml:
+                            restart = "call"  # a call written as XML-ish text: make it a real one
+                            break
+                        if (decided is None or xml is None) and more:
                             continue
                         if decided:
                             # read the whole call: one already made and answered is a loop, not an intent
@@ -229,6 +233,23 @@ class ServedModel:
         if finish_reason != "length" and repeats.calls:
             finish_reason = "tool_calls"
         yield Finish(finish_reason, usage)
+
+
+_XML_START = re.compile(r"[ \t\r\n]*(```[ \t]*[A-Za-z]*[ \t\r\n]*)?<(tools?|function)[ \t\r\n>=]")
+_XML_PREFIX = re.compile(r"[ \t\r\n]*(```[ \t]*[A-Za-z]*[ \t\r\n]*)?(<[A-Za-z_]*)?")
+_XML_NAME = re.compile(r"""(?:function|name)[ \t]*=[ \t]*["']?([\w.-]+)|<function=([\w.-]+)|<name>[ \t\r\n]*([\w.-]+)""")
+
+
+def _xml_intent(probe: str, names: list[str]) -> bool | None:
+    """Whether output that starts like a call written as XML-ish text (``<tools type="function"
+    function="create_task">``, ``<function=create_task>``) names a tool that may be called:
+    None while it starts so but names none yet; False when it does not start so."""
+    if not _XML_START.match(probe):
+        return None if _XML_PREFIX.fullmatch(probe) else False
+    for m in _XML_NAME.finditer(probe):
+        if next(g for g in m.groups() if g) in names:
+            return True
+    return None
 
 
 def _calls_of(events: list[StreamEvent]) -> list[tuple[str, str]]:
