@@ -28,7 +28,9 @@ malformed
 leaked
     The text content holds a tool call written as text: a ``<tool_call>`` tag, a JSON object whose
     ``"name"`` is one of the request's tools, a call-shaped object (``{"name": .., "arguments": ..``)
-    naming anything, or a fenced JSON block holding a name and arguments.
+    naming anything, a fenced JSON block holding a name and arguments, a call written as XML-ish
+    text naming one of the tools (``<tools type="function" function="create_task">``,
+    ``<function=create_task>``), or a made-up ``<tool_response>`` block.
 
 Comparison rule for arguments (parsed JSON against the expected JSON, recursively):
  - objects: the same keys, each value the same; an optional argument whose value equals the
@@ -227,6 +229,8 @@ _NAMED = re.compile(r"""["']name["']\s*:\s*["']([^"'\n]{1,80})["']""")
 _CALL_SHAPE = re.compile(
     r"""\{\s*["'](?:name|function|tool)["']\s*:\s*["'][^"'\n]+["']\s*,\s*["'](?:arguments|parameters)["']\s*:""")
 _FENCE = re.compile(r"```[ \t]*(?:json)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
+_XML_CALL = re.compile(r"""<(?:tools?|function|tool_call)\b[^>]*?\b(?:function|name)\s*=\s*["']?([\w.-]+)"""
+                       r"|<function=([\w.-]+)")
 
 
 def leak(content: str, tool_names: set[str]) -> str | None:
@@ -241,6 +245,11 @@ def leak(content: str, tool_names: set[str]) -> str | None:
     for m in _NAMED.finditer(content):
         if m.group(1) in tool_names:
             return f"a JSON object naming tool {m.group(1)!r}"
+    for m in _XML_CALL.finditer(content):
+        if (name := m.group(1) or m.group(2)) in tool_names:
+            return f"an XML-ish call of tool {name!r}"
+    if "<tool_response>" in content:
+        return "a made-up <tool_response> block"
     return None
 
 

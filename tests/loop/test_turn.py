@@ -55,6 +55,39 @@ def test_stray_json_naming_no_tool_becomes_text() -> None:
     assert calls(events) == [] and text(events) == "Here is how."
 
 
+def test_a_call_written_as_xml_is_steered_onto_the_real_syntax() -> None:
+    for stray in ('```xml\n<tools type="function" function="get_weather">\n  <arguments><city>Paris</city>',
+                  "<function=get_weather>\n<parameter=city>Paris</parameter>"):
+        engine = MockEngine()
+        engine.enqueue(stray, CALL)
+        events, trace = run(engine, Conversation([Message("user", "Weather in Paris?")], [WEATHER]))
+        assert trace.steered == "call", stray
+        assert calls(events) == [("get_weather", {"city": "Paris"})] and text(events) == ""
+
+
+def test_xml_naming_no_tool_and_made_up_tool_responses_become_text() -> None:
+    for stray in ('```xml\n<tools type="function" function="reverse_string">\n<arguments>',
+                  '<tool_response>\n{"temp": 20}\n</tool_response>'):
+        engine = MockEngine()
+        engine.enqueue(stray, "Here is how.")
+        events, trace = run(engine, Conversation([Message("user", "Reverse a string")], [WEATHER]))
+        assert trace.steered == "text", stray
+        assert calls(events) == [] and text(events) == "Here is how."
+
+
+def test_prose_cannot_go_on_to_write_a_call_as_text() -> None:
+    """Auto mode: an answer that starts as prose is cut where it would write a call as JSON
+    (the constraint refuses it); prose followed by a real call is fine."""
+    engine = MockEngine()
+    engine.enqueue('To do that:\n```json\n{"name": "undo_commit", "arguments": {}}\n```')
+    events, trace = run(engine, Conversation([Message("user", "Undo my last commit")], [WEATHER]))
+    assert trace.steered is None and calls(events) == []
+    assert text(events).startswith("To do that:") and '"arguments"' not in text(events)
+    engine.enqueue("Let me check. " + CALL)
+    events, trace = run(engine, Conversation([Message("user", "Weather in Paris?")], [WEATHER]))
+    assert text(events).strip() == "Let me check." and calls(events) == [("get_weather", {"city": "Paris"})]
+
+
 def test_plain_text_is_not_probed_twice() -> None:
     engine = MockEngine()
     engine.enqueue("Hello there.")

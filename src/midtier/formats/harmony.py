@@ -170,7 +170,7 @@ class HarmonyFormat(Format):
         # a JSON answer may be announced like a call's arguments: ``final <|constrain|>json``
         ctype = "" if answer == "TEXT" else " ctype?"
         lines = [
-            f"THINK: {free_text(markers, *MARKERS)}",
+            f"THINK: {free_text(markers, *MARKERS, answer=False)}",
             f"TEXT: {free_text(markers, *MARKERS, ban_stray_json=ban_stray_json)}",
             markers.text_then("think", "THINK", END),
             f'analysis: {lit(CHANNEL)} "analysis" {lit(MESSAGE)} think {then}',
