@@ -159,6 +159,7 @@ def create_app(models: list[ServedModel], store: Store | None = None, tools: Too
     tools run (all by default); their files (containers, indexes) live under ``data_dir``
     (default: the store's data folder)."""
     from midtier.server import completions, responses  # they import this module's helpers
+    from midtier.server import files, vector_stores
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -167,6 +168,7 @@ def create_app(models: list[ServedModel], store: Store | None = None, tools: Too
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         *responses.routes(),
         *completions.routes(),
+        *files.routes(), *vector_stores.routes(),
     ]
     app = Starlette(routes=routes, lifespan=responses.lifespan, exception_handlers={
         MidtierError: handle_midtier_error,
