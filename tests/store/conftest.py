@@ -14,6 +14,8 @@ When no server can be had the PostgreSQL tests fail, saying why. A developer may
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import importlib.util
 import os
 import pwd
@@ -91,6 +93,13 @@ def find_bindir() -> Path | None:
     return Path(found).resolve().parent if found else None
 
 
+def _die_with_parent() -> None:
+    """In the server's process before exec (after it took the user): a killed test run takes its
+    server with it (Linux: the parent-death signal; SIGINT is PostgreSQL's fast shutdown)."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: stop() is then the only way down
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # 1 = PR_SET_PDEATHSIG
+
+
 def _runs_as(bindir: Path, run_as: dict[str, Any]) -> bool:
     try:
         done = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, timeout=30, **run_as)
@@ -139,7 +148,8 @@ def start_server() -> PostgresServer:
         process = subprocess.Popen(
             [str(bindir / "postgres"), "-D", str(data), "-k", str(sock), "-p", str(PORT), "-c", "listen_addresses=",
              "-c", "max_connections=200", "-c", "shared_buffers=32MB"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, **run_as)
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent,
+            **run_as)
     server = PostgresServer(base, bindir, process, log_path, run_as)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
