@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 import pytest
 
 from midtier.constrain import Constrainer
-from midtier.core.events import TextDelta, ToolCallArgsDelta, ToolCallStart
+from midtier.core.events import StreamEvent, TextDelta, ToolCallArgsDelta, ToolCallDone, ToolCallStart
 from midtier.core.messages import Message, ResponseFormat, ToolCall, ToolChoice, ToolSpec
 from midtier.engines.base import TokenizerSpec
 from midtier.formats import get_format
-from midtier.formats.base import Format, Parsed, StreamParser
+from midtier.formats.base import Format, Parsed, StreamParser, diff
 from midtier.templates import ChatTemplate
 
 TEMPLATES = Path(__file__).resolve().parents[3] / "shared" / "data" / "templates"
@@ -143,6 +143,61 @@ def final(fmt: Format, text: str) -> tuple[str, list[tuple[str, str]]]:
     return stream(fmt, text, [len(text)])
 
 
+class Snapshots:
+    """Streaming as it is defined: every chunk parses the whole output so far, then ``diff``."""
+
+    def __init__(self, fmt: Format) -> None:
+        self.fmt, self.text, self.parsed, self.ids = fmt, "", Parsed(), list[str]()
+
+    def feed(self, chunk: str) -> list[StreamEvent]:
+        if not chunk:
+            return []
+        self.text += chunk
+        return self._advance(self.fmt.parse(self.text, partial=True))
+
+    def finish(self) -> list[StreamEvent]:
+        final = self.fmt.parse(self.text, partial=False)
+        events = self._advance(final)
+        return events + [ToolCallDone(i, c.arguments) for i, c in enumerate(final.calls) if not c.done]
+
+    def _advance(self, new: Parsed) -> list[StreamEvent]:
+        events = diff(self.parsed, new, self.ids, lambda: "call")
+        self.parsed = new
+        return events
+
+
+def events_of(parser: StreamParser | Snapshots, text: str, sizes: list[int]) -> list[list[StreamEvent]]:
+    """The events of each chunk (``sizes`` long, then the rest), then of ``finish``."""
+    out, i = [], 0
+    for size in sizes:
+        if i >= len(text):
+            break
+        out.append(parser.feed(text[i:i + size]))
+        i += size
+    out.append(parser.feed(text[i:]))
+    return out + [parser.finish()]
+
+
+def chunkings(text: str, seed: int) -> list[list[int]]:
+    """One-character chunks, and random ones of 1 to 4 and of 1 to 16 characters."""
+    rng = random.Random(seed)
+    return [[1] * len(text), [rng.randint(1, 4) for _ in text], [rng.randint(1, 16) for _ in text]]
+
+
+def assert_streams_as_defined(fmt: Format, text: str, seed: int = 0) -> None:
+    """``StreamParser`` (settling, runs) emits, chunk for chunk, what parsing every snapshot
+    whole and diffing emits, and so does it without runs."""
+    for sizes in chunkings(text, seed):
+        want = events_of(Snapshots(fmt), text, sizes)
+        assert events_of(StreamParser(fmt, make_id=lambda: "call"), text, sizes) == want, (text, sizes)
+        assert events_of(StreamParser(fmt, make_id=lambda: "call", runs=False), text, sizes) == want, (text, sizes)
+
+
+#: an answer with characters that start markers in many formats, and blank runs
+PROSE = ("The forecast says a < b holds, <b>bold</b> too, and [brackets] or {braces} or | pipes; "
+         "then   spaces,\n escapes\\ and \"quotes\" -- \t tabs.\n\nA new paragraph, 東京 ✓. ") * 6
+
+
 class FormatConformance:
     #: the registry key
     key: ClassVar[str]
@@ -155,6 +210,10 @@ class FormatConformance:
     cases: ClassVar[list[Case]] = []
     #: outputs that are not valid calls: must not raise, must not invent a call
     malformed: ClassVar[list[str]] = []
+    #: longer outputs that streaming must take in runs (long text, long string arguments)
+    streams: ClassVar[list[str]] = []
+    #: what a plain answer starts with in this format (a message header, a closed reasoning)
+    answer_prefix: ClassVar[str] = ""
 
     @pytest.fixture
     def fmt(self) -> Format:
@@ -198,6 +257,24 @@ class FormatConformance:
         prefixes of the next snapshot's, for the cases and the malformed outputs alike."""
         for text in [case.text for case in self.cases] + self.malformed:
             assert_monotone(fmt, text)
+
+    def test_streams_as_defined(self, fmt: Format) -> None:
+        """Runs and settling change how fast streaming is, never what it emits: for the cases,
+        the malformed outputs and ``streams``, under many chunkings."""
+        texts = [case.text for case in self.cases] + self.malformed + self.streams
+        texts.append("\n\n".join(case.text for case in self.cases))
+        for k, text in enumerate(texts):
+            assert_streams_as_defined(fmt, text, seed=k)
+
+    def test_a_long_answer_is_not_parsed_per_chunk(self, fmt: Format) -> None:
+        """Plain text streams in a run: few of its chunks are parsed."""
+        text = self.answer_prefix + PROSE
+        parser = StreamParser(fmt)
+        for c in text:
+            parser.feed(c)
+        parser.finish()
+        assert parser.parses < len(text) / 10, parser.parses
+        assert_streams_as_defined(fmt, text)
 
     def test_malformed_never_raises_or_invents(self, fmt: Format) -> None:
         for text in self.malformed:

@@ -23,6 +23,7 @@ from midtier.formats.base import (
     Format,
     Markers,
     Parsed,
+    Run,
     Settled,
     answer_rule,
     empty_content,
@@ -120,6 +121,8 @@ class ReasoningFormat(Format):
             if end > start:
                 before = self.thought_before or bool(thought.strip())
                 out.settled = Settled(end, resumed(self, thought_before=before, thinking="open"), reasoning=thought)
+                if end == len(text) and before:  # nothing held back: it runs on to its end tag
+                    out.run = Run("reasoning", (self.think_tags[1], *self.think_ends))
         elif out.settled is not None:
             # after it: where the rest settled, which gets the reasoning
             s = out.settled

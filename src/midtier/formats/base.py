@@ -15,7 +15,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from midtier.core.events import (
     ReasoningDelta,
@@ -52,6 +52,8 @@ class Parsed:
     calls: list[ParsedCall] = field(default_factory=list)
     #: how far this (partial) parse is final, for ``StreamParser``; None: nowhere yet
     settled: Settled | None = field(default=None, compare=False, repr=False)
+    #: how this (partial) parse goes on for text that cannot change its structure (see ``Run``)
+    run: Run | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -80,6 +82,42 @@ class Settled:
     content: str = ""
     reasoning: str = ""
     calls: int = 0
+
+
+RunKind = Literal["content", "reasoning", "args", "silent"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """How a partial parse of ``text`` goes on for more text that cannot change its structure.
+
+    A format reports it when ``text`` ends inside a run whose next characters are taken as
+    they are (plain text, a string argument), nothing held back. For any ``more`` that
+    neither holds one of ``stops`` nor makes one of ``markers`` occur in ``text + more``
+    nor ends with a start of one, nor (``json``) ends the JSON string it is in:
+
+    - ``content`` / ``reasoning``: the parse settled all of ``text`` (with ``rstrip``, all
+      but its trailing blanks, which are whitespace), and ``resume`` parses ``more`` the
+      same way: it settles all of it (with ``rstrip``: up to its trailing blanks, and only
+      when it is not blank), adding it to that channel, into the same ``resume`` state;
+    - ``args``: ``parse(text + more)`` is ``parse(text)`` with ``more`` added to the last
+      call's arguments (JSON-string-escaped with ``escape``; with ``newline``, a newline
+      that ends the value is held back: ``held`` is the one held now);
+    - ``silent``: ``parse(text + more)`` is ``parse(text)``.
+
+    ``StreamParser`` then takes such chunks without parsing (``O(chunk)``). ``run`` parses
+    define it: streamed output equals the non-streamed parse whatever the chunking, and
+    every format's tests check that it equals streaming without runs, event for event.
+    """
+
+    kind: RunKind
+    markers: tuple[str, ...] = ()
+    stops: str = ""
+    json: bool = False
+    escape: bool = False
+    newline: bool = False
+    held: str = ""
+    rstrip: bool = False
 
 
 def resumed(fmt: F, **state: Any) -> F:
@@ -380,8 +418,9 @@ def lark(start: str, *lines: str) -> str:
 # -- parsing text with blocks in it ---------------------------------------------------------------
 
 #: where a resumed parse may start (see ``Settled``): its offset, how many content pieces and
-#: how many calls lie before it
-Cut = tuple[int, int, int]
+#: how many calls lie before it; the markers of a content run when the text ends in one
+#: (nothing held back: the offset is the text's end), else None
+Cut = tuple[int, int, int, tuple[str, ...] | None]
 
 
 def read_blocks(text: str, pos: int, partial: bool, openers: tuple[str, ...],
@@ -395,12 +434,13 @@ def read_blocks(text: str, pos: int, partial: bool, openers: tuple[str, ...],
         i, opener = find_first(text, openers, pos)
         if i < 0:
             tail = text[pos:]
-            if partial:
-                tail = tail[: len(tail) - held_any(tail, openers)]
+            held = held_any(tail, openers) if partial else 0
+            if held:
+                tail = tail[:-held]
             content.append(tail)
-            return pos + len(tail), len(content), len(calls)
+            return pos + len(tail), len(content), len(calls), (None if held else openers)
         content.append(text[pos:i])
-        cut = (i, len(content), len(calls))  # all before this block is final
+        cut = (i, len(content), len(calls), None)  # all before this block is final
         resume = block(i, opener)
         if resume is None:
             return cut
@@ -439,9 +479,20 @@ def text_and_blocks(fmt: F, out: Parsed, content: list[str], cut: Cut, partial: 
     """``out`` with the content ``read_blocks`` read, and settled at its cut."""
     out.content = strip_after("".join(content), fmt.text_before)
     if partial:
-        offset, pieces, calls = cut
+        offset, pieces, calls, markers = cut
         out.settled = settled_text(fmt, offset, "".join(content[:pieces]), calls, **state)
+        out.run = text_run(out.settled, markers)
     return out
+
+
+def text_run(settled: Settled, markers: tuple[str, ...] | None, stops: str = "") -> Run | None:
+    """The content run of a parse ``settled`` at the end of its text, which ends in text
+    that only ``markers`` (or ``stops``) would end (None: it does not end in such text),
+    once the state it resumes in no longer changes with more text (content that is not
+    blank came before)."""
+    if markers is None or not settled.resume.text_before:
+        return None
+    return Run("content", markers, stops)
 
 
 class Format:
@@ -559,150 +610,5 @@ def diff(prev: Parsed, new: Parsed, ids: list[str], make_id: Callable[[], str]) 
     return events
 
 
-class StreamParser:
-    """Feeds a format text chunks and yields the internal events; ``finish`` flushes.
-
-    Streaming is linear: a format may report in its partial result where it has *settled*
-    (``Parsed.settled``, see ``Settled``); the parser then keeps what lies before that point
-    and parses only the text after it, with the format copy the result names. A format that
-    never settles is parsed whole on every chunk, as before.
-    """
-
-    def __init__(self, fmt: Format, make_id: Callable[[], str] | None = None) -> None:
-        self.fmt = fmt
-        self.ids: list[str] = []
-        self._make_id = make_id or fmt.new_call_id
-        self._resumed = fmt  # parses the text from the settled point on
-        self._chunks: list[str] = []  # the text before the settled point
-        self._tail = ""  # the text from the settled point on
-        self._content = _Channel()
-        self._reasoning = _Channel()
-        self._done: list[ParsedCall] = []  # settled calls: emitted whole and done
-        self._calls: list[ParsedCall] = []  # the tail's calls as last emitted
-        self._finished = False
-
-    @property
-    def text(self) -> str:
-        """The text fed so far."""
-        return "".join(self._chunks) + self._tail
-
-    @property
-    def tail(self) -> str:
-        """The text after the settled point: what each chunk parses again."""
-        return self._tail
-
-    @property
-    def parsed(self) -> Parsed:
-        """The parse of the text fed so far (final once ``finish`` was called), rebuilt from
-        the settled part and a parse of the rest."""
-        tail = self._resumed.parse(self._tail, partial=not self._finished)
-        return Parsed(self._content.joined(tail.content), self._reasoning.joined(tail.reasoning),
-                      self._done + tail.calls)
-
-    def feed(self, chunk: str) -> list[StreamEvent]:
-        if not chunk:
-            return []
-        self._tail += chunk
-        new = self._resumed.parse(self._tail, partial=True)
-        events = self._advance(new)
-        if new.settled is not None:
-            self._settle(new.settled)
-        return events
-
-    def finish(self) -> list[StreamEvent]:
-        self._finished = True
-        final = self._resumed.parse(self._tail, partial=False)
-        events = self._advance(final)
-        # a call cut short (length, stop) is closed with the arguments it got
-        for i, call in enumerate(final.calls):
-            if not call.done:
-                call.done = True
-                events.append(ToolCallDone(len(self._done) + i, call.arguments))
-        return events
-
-    def _advance(self, new: Parsed) -> list[StreamEvent]:
-        """The events from what was emitted to the settled part followed by ``new`` (as
-        ``diff`` computes them, touching only the unsettled part)."""
-        events: list[StreamEvent] = []
-        delta = self._reasoning.advance(new.reasoning, "reasoning")
-        if delta:
-            events.append(ReasoningDelta(delta))
-        delta = self._content.advance(new.content, "content")
-        if delta:
-            events.append(TextDelta(delta))
-        base = len(self._done)
-        for i, call in enumerate(new.calls):
-            if i >= len(self._calls):
-                self.ids.append(call.id or self._make_id())
-                events.append(ToolCallStart(base + i, self.ids[base + i], call.name,
-                                            "custom" if call.custom else "function"))
-                before, was_done = "", False
-            else:
-                before, was_done = self._calls[i].arguments, self._calls[i].done
-            if len(call.arguments) > len(before):
-                events.append(ToolCallArgsDelta(base + i, call.arguments[len(before):]))
-            if call.done and not was_done:
-                events.append(ToolCallDone(base + i, call.arguments))
-        self._calls = new.calls
-        return events
-
-    def _settle(self, settled: Settled) -> None:
-        """Keep what lies before ``settled.offset``; parse from there on with ``settled.resume``."""
-        if settled.offset <= 0 and settled.resume is self._resumed:
-            return
-        self._chunks.append(self._tail[:settled.offset])
-        self._tail = self._tail[settled.offset:]
-        self._content.settle(settled.content)
-        self._reasoning.settle(settled.reasoning)
-        k = settled.calls
-        if k:
-            if not all(c.done for c in self._calls[:k]):
-                log.error("format settled calls that are not done: %r", self._calls[:k])
-            self._done += self._calls[:k]
-            self._calls = self._calls[k:]
-        self._resumed = settled.resume
-
-
-class _Channel:
-    """One text channel (content or reasoning) of a ``StreamParser``: its settled text and
-    what of it has been emitted, without holding the whole text.
-
-    The channel's text is ``settled + tail`` when the tail's text is not empty, else
-    ``settled.rstrip()``; ``settled`` is the settled pieces joined, leading whitespace
-    dropped. (Formats strip their text: a resumed parse strips only the right side when
-    text came before it, see ``Settled``.)"""
-
-    def __init__(self) -> None:
-        self.pieces: list[str] = []
-        self.unsent = ""  # settled[emitted:], when emitted < size
-        self.sent = ""  # what was emitted beyond settled
-
-    def joined(self, tail: str) -> str:
-        settled = "".join(self.pieces)
-        return settled + tail if tail else settled.rstrip()
-
-    def advance(self, tail: str, what: str) -> str:
-        """The delta that takes what was emitted to ``settled`` + ``tail``."""
-        if tail:
-            if not tail.startswith(self.sent):
-                log.error("format is not monotone in %s: %r -> %r", what, self.sent, tail)
-            delta = self.unsent + tail[len(self.sent):]
-            self.unsent, self.sent = "", tail
-        else:
-            if self.sent:
-                log.error("format is not monotone in %s: %r -> ''", what, self.sent)
-            delta = self.unsent.rstrip()
-            self.unsent, self.sent = self.unsent[len(delta):], ""
-        return delta
-
-    def settle(self, piece: str) -> None:
-        if not self.pieces:
-            piece = piece.lstrip()
-        if not piece:
-            return
-        self.pieces.append(piece)
-        if len(self.sent) >= len(piece):
-            self.sent = self.sent[len(piece):]
-        else:
-            self.unsent += piece[len(self.sent):]
-            self.sent = ""
+# the streaming parser lives in its own module; importable from here as it always was
+from midtier.formats.stream import StreamParser  # noqa: E402, F401

@@ -40,6 +40,7 @@ from midtier.formats.base import (
     settled_text,
     strict_schema,
     strip_after,
+    text_run,
 )
 from midtier.formats.granite import read_call_list
 
@@ -108,7 +109,6 @@ class CommandRFormat(ReasoningFormat):
         # where a resumed parse may start (see Settled): offset, content pieces and calls
         # before it, whether it is inside a line; the start of the rest always qualifies
         settled = (pos, 0, 0, self.mid_line and pos == 0)
-        run = pos  # where the text the content ends with starts
         while True:
             i, r7b = _next_action(text, pos, here=not (self.mid_line and pos == 0))
             if i < 0:
@@ -117,11 +117,11 @@ class CommandRFormat(ReasoningFormat):
                     tail = tail[: len(tail) - _held(tail, line_start=not (self.mid_line and pos == 0))]
                 content.append(tail)
                 c = pos + len(tail)
-                if c > pos and _clean_end(text, run, c):
+                if c > pos and _clean_end(content):
                     settled = (c, len(content), len(calls), text[c - 1] != "\n")
                 break
             content.append(text[pos:i])
-            if _clean_end(text, run, i):
+            if _clean_end(content):
                 settled = (i, len(content), len(calls), False)  # all before this action is final
             if r7b:
                 end = read_call_list(text, i + len(ACTION_S), partial, calls, "tool_name", ("parameters",))
@@ -138,7 +138,7 @@ class CommandRFormat(ReasoningFormat):
                 if not partial and not calls and not self.calls_before:
                     content.append(text[i:])  # not a list of calls after all: what was written stays
                 break
-            pos = run = end
+            pos = end
         out.calls = [c for c in calls if c.name != DIRECTLY_ANSWER]
         out.content = strip_after(_without_response_tags("".join(content)), self.text_before)
         if partial:
@@ -147,6 +147,8 @@ class CommandRFormat(ReasoningFormat):
             shown = sum(c.name != DIRECTLY_ANSWER for c in calls[:n])
             out.settled = settled_text(self, offset, piece, shown, mid_line=mid_line,
                                        calls_before=self.calls_before + n)
+            if offset == len(text) and mid_line:  # in text, inside a line that is no action
+                out.run = text_run(out.settled, (ACTION_S, RESPONSE_S, RESPONSE_E), stops="\n")
         return out
 
 
@@ -160,15 +162,22 @@ def _without_response_tags(text: str) -> str:
 _RESPONSE_TAGS = re.compile(f"{re.escape(RESPONSE_S)}|{re.escape(RESPONSE_E)}")
 
 
-def _clean_end(text: str, run: int, end: int) -> bool:
-    """Whether content may be cut at ``end``, the text from ``run`` to it being content: the
-    response tags are dropped from the content joined whole, so no cut may fall inside one.
-    Enough text without ``<`` before the cut rules that out."""
-    return end - run >= _CLEAN and "<" not in text[end - _CLEAN:end]
+def _clean_end(content: list[str]) -> bool:
+    """Whether content may be cut where ``content`` (the parse's pieces so far) ends: the
+    response tags are dropped from the content joined whole (one pass: matches never
+    overlap), so no cut may fall inside one, and none does unless the content ends with
+    the start of one. (The content settled before the parse ends with none, having been
+    cut here, so a start of a tag lies in the parse's own pieces.)"""
+    end = ""
+    for piece in reversed(content):
+        end = piece + end
+        if len(end) >= _LONGEST_TAG:
+            break
+    return not held_any(end, _TAGS)
 
 
-#: the text without "<" that makes a cut safe (see _clean_end): the two response tags' length
-_CLEAN = len(RESPONSE_S) + len(RESPONSE_E)
+_TAGS = (RESPONSE_S, RESPONSE_E)
+_LONGEST_TAG = max(map(len, _TAGS))
 
 
 def _next_action(text: str, pos: int, here: bool = True) -> tuple[int, bool]:

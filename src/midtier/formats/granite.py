@@ -26,6 +26,7 @@ from midtier.formats.base import (
     Markers,
     Parsed,
     ParsedCall,
+    Run,
     Settled,
     answer_rule,
     call_schema,
@@ -34,6 +35,7 @@ from midtier.formats.base import (
     lark,
     resumed,
     strip_after,
+    text_run,
     tools_start,
 )
 
@@ -124,7 +126,17 @@ class GraniteFormat(ReasoningFormat):
                                   self.text_before)
         if partial:
             out.settled = self._settled(raw, cut, pos)
+            out.run = self._text_run(out.settled, cut, len(text))
         return out
+
+    def _text_run(self, settled: Settled, cut: _Cut, n: int) -> Run | None:
+        """The content run of a parse that settled all of its ``n`` characters in text."""
+        state = settled.resume
+        if not isinstance(state, GraniteFormat) or settled.offset != n or cut.offset != n \
+                or cut.phase not in ("text", "after") or state.phase != cut.phase or not state.lead_done:
+            return None
+        markers = (TOOL_CALL,) if cut.phase == "text" else ()
+        return text_run(settled, markers if state.close_done else (*markers, RESPONSE_CLOSE))
 
     def _settled(self, raw: str, cut: _Cut, pos: int) -> Settled:
         """Settled at ``cut``, moved back before a ``<response>`` tag that may still be arriving

@@ -57,6 +57,7 @@ from midtier.formats.base import (
     Markers,
     Parsed,
     ParsedCall,
+    Run,
     Settled,
     answer_rule,
     free_text,
@@ -213,6 +214,7 @@ class HarmonyFormat(Format):
         pos, n = 0, len(text)
         rest: tuple[str, str] | None = None  # the body a resumed parse starts inside: channel, text
         settled: _Point | None = None  # where a later parse may resume (see Settled)
+        open_body: str | None = None  # the text channel of a body that runs on to the end, nothing held
         if self.body is not None:
             body, pos, closed = _read_body(text, 0, partial)
             rest = (self.body, body)
@@ -220,6 +222,7 @@ class HarmonyFormat(Format):
                 settled = _Point(pos, 0, 0, 0)
             elif body.strip():
                 settled = _Point(len(body.rstrip()), 0, 0, 0, (self.body, body.rstrip()), goes_on=True)
+                open_body = self.body if len(body) == n else None
         while pos < n:
             head = _read_header(text, pos, partial)
             if head is None:
@@ -241,10 +244,17 @@ class HarmonyFormat(Format):
                 # inside a body still arriving: up to its last character that is not blank
                 # (parts are stripped and joined: what follows may still end this one)
                 settled = _Point(head.body_start + len(body.rstrip()), *before, (channel, body.rstrip()))
+                open_body = channel if head.body_start + len(body) == n else None
         out = Parsed(content=_text(parts["content"], self.text_before, rest, "content"),
                      reasoning=_text(parts["analysis"], self.thought_before, rest, "analysis"), calls=calls)
         if partial and settled is not None:
-            out.settled = self._settled(settled, parts, rest, shift)
+            out.settled = point = self._settled(settled, parts, rest, shift)
+            if open_body is not None and settled.inside is not None and pos >= n \
+                    and isinstance(point.resume, HarmonyFormat):
+                # the body goes on: text without markers adds to it (its trailing blanks unsettled)
+                after = point.resume.text_before if open_body == "content" else point.resume.thought_before
+                if after and point.resume.body == open_body and not point.resume.lead:
+                    out.run = Run("content" if open_body == "content" else "reasoning", BODY_ENDS, rstrip=True)
         return out
 
     def _settled(self, point: _Point, parts: dict[str, list[str]], rest: tuple[str, str] | None,

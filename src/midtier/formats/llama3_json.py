@@ -31,6 +31,7 @@ from midtier.formats.base import (
     settled_text,
     shown,
     strip_after,
+    text_run,
     unsettled,
 )
 
@@ -116,6 +117,7 @@ class Llama3JsonFormat(Format):
                     if partial and start < len(text):  # no call at the start: text, up to a tag
                         cut = len(text) - unsettled(text, _HELD, _ENDS)
                         out.settled = settled_text(self, cut, text[:cut], 0, phase="head")
+                        out.run = text_run(out.settled, _HELD if cut == len(text) else None)
                     return out
                 head, region = text[:tag], tag + len(PYTHON_TAG)
         if region < 0:
@@ -130,6 +132,7 @@ class Llama3JsonFormat(Format):
             if tail is not None:  # the text after the calls (or instead of them)
                 at, cut = len(text) - len(tail), len(text) - unsettled(tail, _HELD, _ENDS)
                 out.settled = settled_text(self, cut, head + text[at:cut], len(out.calls), phase="after")
+                out.run = text_run(out.settled, _HELD if cut == len(text) else None)
             elif marks:
                 out.settled = settled_text(self, marks[-1][0], head, marks[-1][1], phase="calls")
             elif head:

@@ -29,6 +29,7 @@ from midtier.formats.base import (
     Markers,
     Parsed,
     ParsedCall,
+    Run,
     Settled,
     answer_rule,
     call_schema,
@@ -39,6 +40,7 @@ from midtier.formats.base import (
     shown,
     strict_schema,
     strip_after,
+    text_run,
     unsettled,
 )
 
@@ -162,6 +164,8 @@ class MistralFormat(Format):
                     if partial and body:  # all of the reasoning so far is final
                         resume = resumed(self, phase="think", thought_before=self.thought_before or bool(body.strip()))
                         out.settled = Settled(start + len(body), resume, reasoning=body)
+                        if start + len(body) == len(text) and resume.thought_before:
+                            out.run = Run("reasoning", (THINK_END,))
                     return out
                 thought = text[start:end]
                 out.reasoning = strip_after(thought, self.thought_before)
@@ -206,6 +210,8 @@ class MistralFormat(Format):
             resume = resumed(self, phase=phase, text_before=self.text_before or bool(piece.strip()),
                              thought_before=self.thought_before or bool(thought.strip()), ids=ids)
             out.settled = Settled(offset, resume, content=piece, reasoning=thought, calls=calls)
+            if offset == len(text) and phase in ("text", "after"):
+                out.run = text_run(out.settled, _HELD)
         return out
 
 

@@ -33,6 +33,7 @@ from midtier.formats.base import (
     shown,
     strict_schema,
     strip_after,
+    text_run,
     unsettled,
 )
 
@@ -117,6 +118,7 @@ class PythonicFormat(Format):
                 if partial and (i < len(text) or self.phase == "head"):  # no list at the start: text
                     cut = len(text) - unsettled(text, _HELD, _ENDS)
                     out.settled = settled_text(self, cut, text[:cut], 0, phase="head")
+                    out.run = text_run(out.settled, _HELD if cut == len(text) else None)
                 return out
             tail = _read_list(text, region, partial, out.calls, marks=marks)
         any_calls = bool(out.calls) or self.phase not in ("start", "head")  # here or before
@@ -138,6 +140,7 @@ class PythonicFormat(Format):
                 at = after if any_calls else len(head)
                 cut = len(text) - unsettled(text[at:], _HELD, _ENDS)
                 out.settled = settled_text(self, cut, head + text[at:cut], len(out.calls), phase="after")
+                out.run = text_run(out.settled, _HELD if cut == len(text) else None)
             elif tail is not None:
                 out.settled = settled_text(self, tail, head, len(out.calls), phase="closed")
             elif marks and (marks[-1][1] or self.phase == "list"):

@@ -1,0 +1,370 @@
+"""Streaming a format's output: ``StreamParser`` feeds chunks and yields internal events.
+
+The events are what ``diff`` computes between the parses of successive snapshots of the
+output (``Format.parse``, one function for streamed and final output); what the parser adds
+is speed, never a result of its own:
+
+- **settling**: a format reports in a partial parse where it is final (``Parsed.settled``,
+  see ``Settled``); the parser keeps what lies before that point and parses only the rest;
+- **runs**: a format reports how its parse goes on for text that cannot change its
+  structure (``Parsed.run``, see ``Run``): plain text, a string argument. While chunks fit
+  the run, the parser takes them without parsing, in ``O(chunk)``: a chunk of content
+  is settled as it is, a chunk of a string argument is the arguments' next delta.
+
+So streaming costs ``O(chunk)`` per chunk inside runs and a parse of the unsettled text
+elsewhere. ``StreamParser(fmt, runs=False)`` parses every chunk: the tests check that both
+emit the same events.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+from midtier.core.events import (
+    ReasoningDelta,
+    StreamEvent,
+    TextDelta,
+    ToolCallArgsDelta,
+    ToolCallDone,
+    ToolCallStart,
+)
+from midtier.formats.base import Format, Parsed, ParsedCall, Run, Settled, held_any
+
+log = logging.getLogger(__name__)
+
+
+class StreamParser:
+    """Feeds a format text chunks and yields the internal events; ``finish`` flushes.
+
+    Streaming is linear: a format may report in its partial result where it has *settled*
+    (``Parsed.settled``, see ``Settled``); the parser then keeps what lies before that point
+    and parses only the text after it, with the format copy the result names. A format that
+    never settles is parsed whole on every chunk. Inside a run (``Parsed.run``) chunks are
+    taken without parsing.
+    """
+
+    def __init__(self, fmt: Format, make_id: Callable[[], str] | None = None, *, runs: bool = True) -> None:
+        self.fmt = fmt
+        self.ids: list[str] = []
+        #: how many chunks were parsed (the others were taken by a run)
+        self.parses = 0
+        self._make_id = make_id or fmt.new_call_id
+        self._runs = runs
+        self._resumed = fmt  # parses the text from the settled point on
+        self._chunks: list[str] = []  # the text before the settled point
+        self._tail = ""  # the text from the settled point on, as last parsed
+        self._more: list[str] = []  # text a run took after ``_tail``
+        self._content = _Channel()
+        self._reasoning = _Channel()
+        self._done: list[ParsedCall] = []  # settled calls: emitted whole and done
+        self._calls: list[ParsedCall] = []  # the tail's calls as last parsed
+        self._grown = 0  # what a run added to the last of ``_calls``'s arguments since
+        self._finished = False
+        # the run chunks go to (see ``_arm``)
+        self._run: Run | None = None
+        self._take: Callable[[str], list[StreamEvent] | None] | None = None
+        self._firsts = ""  # the first characters of the run's markers
+        self._longest = 0  # the length of its longest marker
+        self._escaped = False  # a JSON string run: the text so far ends with an open escape
+        self._held = ""  # an args run: what it holds back (a newline that may end the value)
+        self._channel = self._content  # a text run: its channel, and the event of a delta
+        self._delta: type[TextDelta] | type[ReasoningDelta] = TextDelta
+
+    @property
+    def text(self) -> str:
+        """The text fed so far."""
+        return "".join(self._chunks) + self._tail + "".join(self._more)
+
+    @property
+    def tail(self) -> str:
+        """The text after the settled point: what the next parsed chunk parses again."""
+        return self._tail + "".join(self._more)
+
+    @property
+    def parsed(self) -> Parsed:
+        """The parse of the text fed so far (final once ``finish`` was called), rebuilt from
+        the settled part and a parse of the rest."""
+        tail = self._resumed.parse(self.tail, partial=not self._finished)
+        return Parsed(self._content.joined(tail.content), self._reasoning.joined(tail.reasoning),
+                      self._done + tail.calls)
+
+    def feed(self, chunk: str) -> list[StreamEvent]:
+        if not chunk:
+            return []
+        take = self._take
+        if take is not None:
+            events = take(chunk)
+            if events is not None:
+                return events
+        return self._parse(chunk)
+
+    def finish(self) -> list[StreamEvent]:
+        self._finished = True
+        self._disarm()
+        tail = self._tail = self.tail
+        self._more = []
+        final = self._resumed.parse(tail, partial=False)
+        events = self._advance(final)
+        # a call cut short (length, stop) is closed with the arguments it got
+        for i, call in enumerate(final.calls):
+            if not call.done:
+                call.done = True
+                events.append(ToolCallDone(len(self._done) + i, call.arguments))
+        return events
+
+    # -- parsing ---------------------------------------------------------------------------------
+    def _parse(self, chunk: str) -> list[StreamEvent]:
+        self.parses += 1
+        if self._more:
+            self._more.append(chunk)
+            chunk = "".join(self._more)
+            self._more = []
+        self._tail += chunk
+        new = self._resumed.parse(self._tail, partial=True)
+        events = self._advance(new)
+        if new.settled is not None:
+            self._settle(new.settled)
+        self._arm(new.run)
+        return events
+
+    def _advance(self, new: Parsed) -> list[StreamEvent]:
+        """The events from what was emitted to the settled part followed by ``new`` (as
+        ``diff`` computes them, touching only the unsettled part)."""
+        events: list[StreamEvent] = []
+        delta = self._reasoning.advance(new.reasoning, "reasoning")
+        if delta:
+            events.append(ReasoningDelta(delta))
+        delta = self._content.advance(new.content, "content")
+        if delta:
+            events.append(TextDelta(delta))
+        base = len(self._done)
+        last = len(self._calls) - 1
+        for i, call in enumerate(new.calls):
+            if i > last:
+                self.ids.append(call.id or self._make_id())
+                events.append(ToolCallStart(base + i, self.ids[base + i], call.name,
+                                            "custom" if call.custom else "function"))
+                before, was_done = 0, False
+            else:
+                before, was_done = len(self._calls[i].arguments), self._calls[i].done
+                if i == last:
+                    before += self._grown
+            if len(call.arguments) > before:
+                events.append(ToolCallArgsDelta(base + i, call.arguments[before:]))
+            if call.done and not was_done:
+                events.append(ToolCallDone(base + i, call.arguments))
+        self._calls = new.calls
+        self._grown = 0
+        return events
+
+    def _settle(self, settled: Settled) -> None:
+        """Keep what lies before ``settled.offset``; parse from there on with ``settled.resume``."""
+        if settled.offset <= 0 and settled.resume is self._resumed:
+            return
+        self._chunks.append(self._tail[:settled.offset])
+        self._tail = self._tail[settled.offset:]
+        self._content.settle(settled.content)
+        self._reasoning.settle(settled.reasoning)
+        k = settled.calls
+        if k:
+            if not all(c.done for c in self._calls[:k]):
+                log.error("format settled calls that are not done: %r", self._calls[:k])
+            self._done += self._calls[:k]
+            self._calls = self._calls[k:]
+        self._resumed = settled.resume
+
+    # -- runs: chunks taken without parsing ---------------------------------------------------------
+    def _disarm(self) -> None:
+        self._run = self._take = None
+
+    def _arm(self, run: Run | None) -> None:
+        """Take the next chunks into ``run`` (the last parse's) while they fit it."""
+        self._disarm()
+        if run is None or not self._runs:
+            return
+        take: Callable[[str], list[StreamEvent] | None]
+        if run.kind in ("content", "reasoning"):
+            channel = self._content if run.kind == "content" else self._reasoning
+            if channel.sent or (self._tail and not (run.rstrip and self._tail.isspace())):
+                log.error("format reported a %s run it did not settle: %r", run.kind, self._tail)
+                return
+            take = self._take_text if not run.rstrip else self._take_body
+            self._channel = channel
+            self._delta = TextDelta if run.kind == "content" else ReasoningDelta
+        elif run.kind == "args":
+            if not self._calls or self._calls[-1].done:
+                log.error("format reported an args run with no open call")
+                return
+            take = self._take_args
+        else:
+            take = self._take_silent
+        self._run, self._take = run, take
+        self._firsts = "".join({m[0] for m in run.markers})
+        self._longest = max(map(len, run.markers), default=0)
+        self._escaped = False
+        self._held = run.held
+
+    def _fits(self, chunk: str) -> bool:
+        """Whether ``chunk`` can go on the run as it is: no stop, the JSON string does not
+        end, no marker occurs and none may be starting at its end."""
+        run = self._run
+        assert run is not None
+        for c in run.stops:
+            if c in chunk:
+                return False
+        if run.json and (self._escaped or '"' in chunk or "\\" in chunk):
+            escaped = _string_goes_on(chunk, self._escaped)
+            if escaped is None:
+                return False
+            self._escaped = escaped
+        for c in self._firsts:
+            if c in chunk:
+                window = self._recent(self._longest - 1) + chunk
+                return not any(m in window for m in run.markers) and not held_any(window, run.markers)
+        return True
+
+    def _recent(self, n: int) -> str:
+        """The last ``n`` characters fed (fewer at the start)."""
+        out = ""
+        for piece in reversed(self._more):
+            out = piece + out
+            if len(out) >= n:
+                return out[-n:]
+        out = self._tail + out
+        for piece in reversed(self._chunks):
+            if len(out) >= n:
+                break
+            out = piece + out
+        return out[-n:] if n else ""
+
+    def _take_text(self, chunk: str) -> list[StreamEvent] | None:
+        """A content or reasoning run: the chunk is settled as it is."""
+        if not self._fits(chunk):
+            return None
+        self._chunks.append(chunk)
+        delta = self._channel.take(chunk)
+        return [self._delta(delta)] if delta else []
+
+    def _take_body(self, chunk: str) -> list[StreamEvent] | None:
+        """A text run whose trailing blanks stay unsettled (``Run.rstrip``)."""
+        if not self._fits(chunk):
+            return None
+        text = self._tail + chunk
+        body = text.rstrip()
+        if not body:
+            self._tail = text
+            return []
+        self._chunks.append(body)
+        self._tail = text[len(body):]
+        delta = self._channel.take(body)
+        return [self._delta(delta)] if delta else []
+
+    def _take_args(self, chunk: str) -> list[StreamEvent] | None:
+        """An args run: the chunk (escaped, with ``Run.escape``) goes on the last call's arguments."""
+        escaped = self._escaped
+        if not self._fits(chunk):
+            self._escaped = escaped
+            return None
+        run = self._run
+        assert run is not None
+        self._more.append(chunk)
+        if run.newline:
+            chunk = self._held + chunk
+            self._held = "\n" if chunk.endswith("\n") else ""
+            if self._held:
+                chunk = chunk[:-1]
+        if run.escape and (not chunk.isprintable() or '"' in chunk or "\\" in chunk):
+            chunk = json.dumps(chunk, ensure_ascii=False)[1:-1]
+        if not chunk:
+            return []
+        self._grown += len(chunk)
+        return [ToolCallArgsDelta(len(self._done) + len(self._calls) - 1, chunk)]
+
+    def _take_silent(self, chunk: str) -> list[StreamEvent] | None:
+        """A silent run: the chunk changes nothing yet."""
+        escaped = self._escaped
+        if not self._fits(chunk):
+            self._escaped = escaped
+            return None
+        self._more.append(chunk)
+        return []
+
+
+def _string_goes_on(chunk: str, escaped: bool) -> bool | None:
+    """Inside a JSON string (after an open escape if ``escaped``): None when ``chunk`` ends
+    the string, else whether the text then ends with an open escape."""
+    i = 1 if escaped else 0
+    n = len(chunk)
+    while True:
+        b = chunk.find("\\", i)
+        q = chunk.find('"', i)
+        if q >= 0 and (b < 0 or q < b):
+            return None
+        if b < 0:
+            return False
+        i = b + 2
+        if i > n:
+            return True
+
+
+class _Channel:
+    """One text channel (content or reasoning) of a ``StreamParser``: its settled text and
+    what of it has been emitted, without holding the whole text.
+
+    The channel's text is ``settled + tail`` when the tail's text is not empty, else
+    ``settled.rstrip()``; ``settled`` is the settled pieces joined, leading whitespace
+    dropped. (Formats strip their text: a resumed parse strips only the right side when
+    text came before it, see ``Settled``.)"""
+
+    def __init__(self) -> None:
+        self.pieces: list[str] = []
+        self.unsent = ""  # settled[emitted:], when emitted < size
+        self.sent = ""  # what was emitted beyond settled
+
+    def joined(self, tail: str) -> str:
+        settled = "".join(self.pieces)
+        return settled + tail if tail else settled.rstrip()
+
+    def advance(self, tail: str, what: str) -> str:
+        """The delta that takes what was emitted to ``settled`` + ``tail``."""
+        if tail:
+            if not tail.startswith(self.sent):
+                log.error("format is not monotone in %s: %r -> %r", what, self.sent, tail)
+            delta = self.unsent + tail[len(self.sent):]
+            self.unsent, self.sent = "", tail
+        else:
+            if self.sent:
+                log.error("format is not monotone in %s: %r -> ''", what, self.sent)
+            delta = self.unsent.rstrip()
+            self.unsent, self.sent = self.unsent[len(delta):], ""
+        return delta
+
+    def settle(self, piece: str) -> None:
+        if not self.pieces:
+            piece = piece.lstrip()
+        if not piece:
+            return
+        self.pieces.append(piece)
+        if len(self.sent) >= len(piece):
+            self.sent = self.sent[len(piece):]
+        else:
+            self.unsent += piece[len(self.sent):]
+            self.sent = ""
+
+    def take(self, piece: str) -> str:
+        """``settle(piece)`` then ``advance("")`` (nothing is emitted beyond the settled text):
+        the delta a run's piece adds."""
+        if not self.pieces:
+            piece = piece.lstrip()
+            if not piece:
+                return ""
+        self.pieces.append(piece)
+        text = self.unsent + piece if self.unsent else piece
+        delta = text.rstrip()
+        self.unsent = text[len(delta):]
+        return delta
+
+
+__all__ = ["StreamParser"]
