@@ -403,8 +403,9 @@ class PostgresStore:
                 args.append(seq)
                 where += f" AND seq {'>' if order == 'asc' else '<'} ${len(args)}"
             direction = "ASC" if order == "asc" else "DESC"
+            args.append(limit + 1)
             rows = await db.fetch(f"SELECT id, data FROM records WHERE {where} ORDER BY seq {direction}"
-                                  f" LIMIT {limit + 1}", *args)
+                                  f" LIMIT ${len(args)}", *args)
             return _page_of([(row["id"], row["data"]) for row in rows], limit)
 
         return await self._read(read)
@@ -492,8 +493,9 @@ async def _page(db: Connection, table: str, owner_column: str, owner: str, after
         args.append(position)
         where += f" AND position {'>' if order == 'asc' else '<'} $2"
     direction = "ASC" if order == "asc" else "DESC"
+    args.append(limit + 1)
     rows = await db.fetch(f"SELECT item_id, item FROM {table} WHERE {where} ORDER BY position {direction}"
-                          f" LIMIT {limit + 1}", *args)
+                          f" LIMIT ${len(args)}", *args)
     return _page_of([(row["item_id"], row["item"]) for row in rows], limit)
 
 
