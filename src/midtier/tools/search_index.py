@@ -148,13 +148,20 @@ class SearchIndex:
     RRF_K = 60
 
     def __init__(self, texts: Sequence[str], *, embedder: Embedder | None = None,
-                 vectors: np.ndarray | None = None) -> None:
+                 vectors: tuple[np.ndarray, Sequence[int]] | None = None) -> None:
+        """``vectors``: the windows' vectors and how many windows each chunk has (as
+        ``embed_windows`` gives them); made here with ``embedder`` when not given."""
         self.texts = list(texts)
         self.bm25 = Bm25([analyze(t) for t in self.texts])
         self.embedder = embedder
-        self.vectors = vectors
+        self.vectors: np.ndarray | None = None
         if embedder is not None and vectors is None and self.texts:
-            self.vectors = embedder.embed(self.texts)
+            vectors = embed_windows(embedder, self.texts)
+        if vectors is not None:
+            import numpy as np
+
+            self.vectors = vectors[0]
+            self.window_of = np.repeat(np.arange(len(vectors[1])), vectors[1])
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -170,9 +177,12 @@ class SearchIndex:
     def semantic(self, query: str) -> list[Hit]:
         if self.embedder is None or self.vectors is None or not len(self.texts):
             return []
+        import numpy as np
+
         q = self.embedder.embed([query], query=True)[0]
-        sims = self.vectors @ q
-        order = sims.argsort()[::-1]
+        sims = np.full(len(self.texts), -1.0, dtype=np.float32)
+        np.maximum.at(sims, self.window_of, self.vectors @ q)  # a chunk is as close as its closest window
+        order = sims.argsort(kind="stable")[::-1]
         return [Hit(int(i), max(0.0, min(1.0, float(sims[i])))) for i in order]
 
     def search(self, query: str, *, limit: int = 10, allowed: Collection[int] | None = None,
@@ -199,6 +209,34 @@ class SearchIndex:
 
 
 _SENTENCE = re.compile(r"(?<=[.!?。])\s+|\n\s*\n|\n(?=\s*(?:[-*#>|]|\d+[.)]))")
+
+
+def windows(text: str, max_words: int = 60) -> list[str]:
+    """A chunk cut into runs of whole sentences of about ``max_words`` words: what is embedded
+    (an encoder sees a few hundred word pieces at most, and one vector for a whole chunk blurs
+    its topics)."""
+    out: list[str] = []
+    current: list[str] = []
+    size = 0
+    for sentence in (s.strip() for s in _SENTENCE.split(text)):
+        if not sentence:
+            continue
+        words = len(sentence.split())
+        if current and size + words > max_words:
+            out.append(" ".join(current))
+            current, size = [], 0
+        current.append(sentence)
+        size += words
+    if current:
+        out.append(" ".join(current))
+    return out or [text]
+
+
+def embed_windows(embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+    """The vectors of every chunk's windows, and each chunk's window count."""
+    per_chunk = [windows(t) for t in texts]
+    vectors = embedder.embed([w for ws in per_chunk for w in ws])
+    return vectors, [len(ws) for ws in per_chunk]
 
 
 def excerpt(text: str, query: str, max_chars: int = 700) -> str:
@@ -228,4 +266,5 @@ def excerpt(text: str, query: str, max_chars: int = 700) -> str:
     return ("…" if lo > 0 else "") + out + ("…" if hi < len(sentences) - 1 and not out.endswith("…") else "")
 
 
-__all__ = ["STOP_WORDS", "Bm25", "Embedder", "Hit", "SearchIndex", "analyze", "excerpt", "stem"]
+__all__ = ["STOP_WORDS", "Bm25", "Embedder", "Hit", "SearchIndex", "analyze", "embed_windows", "excerpt", "stem",
+           "windows"]

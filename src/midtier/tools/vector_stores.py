@@ -14,7 +14,8 @@ Records (kind, id, owner: data):
 - ``vs_chunks``, ``"{vs id}:{file id}"``, the vector store: ``{vector_store_id, file_id, filename,
   chunks: [text...], embedder}``: one record per indexed file (one write per file, and a file's
   chunks go with it); with embeddings on, blob ``"vs_vectors:{vs id}:{file id}"`` holds the
-  chunks' vectors (float32, row-major);
+  vectors of the chunks' windows (float32, row-major; ``windows`` in the record: how many rows
+  each chunk has);
 - ``vector_store_file_batch``, ``vsfb_…``, the vector store: the API's ``VectorStoreFileBatch``
   without ``file_counts`` (computed from the files that carry its id).
 
@@ -38,7 +39,7 @@ from midtier.core.messages import new_id
 from midtier.store.base import Order, Page, Store
 from midtier.tools import files
 from midtier.tools.documents import UnsupportedFile, chunk_text, chunking_strategy, extract_text
-from midtier.tools.search_index import Embedder, SearchIndex
+from midtier.tools.search_index import Embedder, SearchIndex, embed_windows
 
 if TYPE_CHECKING:
     from midtier.tools import Toolbox
@@ -170,20 +171,26 @@ class VectorStores:
         self._cache: dict[str, _Cached] = {}
         self._embedder: Embedder | None = None
         self._embedder_loaded = False
+        self._embedder_lock = asyncio.Lock()
 
     @property
     def store(self) -> Store:
         return self.toolbox.store
 
-    def embedder(self) -> Embedder | None:
-        """The embedding model (``settings["file_search"]["embeddings"]``), loaded on first use."""
-        if not self._embedder_loaded:
-            self._embedder_loaded = True
-            choice = self.settings.get("embeddings")
-            if choice:
-                from midtier.tools.embeddings import load_embedder
+    async def embedder(self) -> Embedder | None:
+        """The embedding model (``settings["file_search"]["embeddings"]``: ``"minilm"``; off by
+        default), loaded (and fetched) on first use; lexical ranking alone when it cannot be."""
+        async with self._embedder_lock:
+            if not self._embedder_loaded:
+                choice = self.settings.get("embeddings")
+                if choice and choice != "off":
+                    from midtier.tools.embeddings import load_embedder
 
-                self._embedder = load_embedder(str(choice))
+                    try:
+                        self._embedder = await asyncio.to_thread(load_embedder, str(choice))
+                    except Exception:
+                        log.exception("the embedding model %r is unavailable: file_search ranks lexically", choice)
+                self._embedder_loaded = True
         return self._embedder
 
     # -- vector stores ------------------------------------------------------------------------------
@@ -342,13 +349,13 @@ class VectorStores:
                 text = await asyncio.to_thread(extract_text, data, record["filename"])
                 chunks = await asyncio.to_thread(chunk_text, text, static["max_chunk_size_tokens"],
                                                  static["chunk_overlap_tokens"])
-                embedder = self.embedder()
-                if embedder is not None and chunks:
-                    vectors = await asyncio.to_thread(embedder.embed, chunks)
-                    await self.store.put_blob(f"vs_vectors:{vs_id}:{file_id}", vectors.astype("float32").tobytes())
-                await self.store.put_record(CHUNKS_KIND, _fid(vs_id, file_id), {
-                    "vector_store_id": vs_id, "file_id": file_id, "filename": record["filename"], "chunks": chunks,
-                    "embedder": embedder.name if embedder is not None and chunks else None}, owner=vs_id)
+                chunks_record = {"vector_store_id": vs_id, "file_id": file_id, "filename": record["filename"],
+                                 "chunks": chunks, "embedder": None, "windows": []}
+                embedder = await self.embedder()
+                if embedder is not None:
+                    await self._embed(vs_id, file_id, chunks_record, embedder)  # writes the record
+                else:
+                    await self.store.put_record(CHUNKS_KIND, _fid(vs_id, file_id), chunks_record, owner=vs_id)
                 await self._finish(vs_id, file_id, "completed", None, len(text.encode()))
         except asyncio.CancelledError:
             raise
@@ -452,7 +459,8 @@ class VectorStores:
         texts: list[str] = []
         owners: list[tuple[str, str]] = []
         vectors: list[Any] = []
-        embedder = self.embedder()
+        windows: list[int] = []
+        embedder = await self.embedder()
         for file_id, _ in done:
             chunks = await self.store.get_record(CHUNKS_KIND, _fid(vs_id, file_id))
             if chunks is None:
@@ -460,32 +468,44 @@ class VectorStores:
             texts.extend(chunks["chunks"])
             owners.extend((file_id, chunks["filename"]) for _ in chunks["chunks"])
             if embedder is not None:
-                vectors.append(await self._vectors(vs_id, file_id, chunks, embedder))
-        matrix = None
-        if embedder is not None and vectors:
+                matrix, counts = await self._vectors(vs_id, file_id, chunks, embedder)
+                vectors.append(matrix)
+                windows.extend(counts)
+        given = None
+        if embedder is not None and texts:
             import numpy as np
 
-            matrix = np.concatenate(vectors) if texts else None
-        index = await asyncio.to_thread(SearchIndex, texts, embedder=embedder, vectors=matrix)
+            given = (np.concatenate(vectors), windows)
+        index = await asyncio.to_thread(SearchIndex, texts, embedder=embedder, vectors=given)
         cached = _Cached(signature, index, owners)
         self._cache[vs_id] = cached
         return cached
 
-    async def _vectors(self, vs_id: str, file_id: str, chunks: dict[str, Any], embedder: Embedder) -> Any:
-        """The stored vectors of a file's chunks, made (and kept) when missing or from another model."""
+    async def _vectors(self, vs_id: str, file_id: str, chunks: dict[str, Any], embedder: Embedder,
+                       ) -> tuple[Any, list[int]]:
+        """The stored window vectors of a file's chunks (made when missing or from another model)."""
         import numpy as np
 
-        blob_id = f"vs_vectors:{vs_id}:{file_id}"
-        raw = await self.store.get_blob(blob_id) if chunks.get("embedder") == embedder.name else None
-        if raw is not None:
-            matrix = np.frombuffer(raw, dtype=np.float32)
-            if len(chunks["chunks"]) and matrix.size % len(chunks["chunks"]) == 0:
-                return matrix.reshape(len(chunks["chunks"]), -1)
-        matrix = await asyncio.to_thread(embedder.embed, chunks["chunks"])
-        await self.store.put_blob(blob_id, matrix.astype(np.float32).tobytes())
-        await self.store.put_record(CHUNKS_KIND, _fid(vs_id, file_id), {**chunks, "embedder": embedder.name},
-                                    owner=vs_id)
-        return matrix
+        counts = list(chunks.get("windows") or [])
+        if chunks.get("embedder") == embedder.name and len(counts) == len(chunks["chunks"]):
+            raw = await self.store.get_blob(f"vs_vectors:{vs_id}:{file_id}")
+            if raw is not None and sum(counts) and len(raw) % (4 * sum(counts)) == 0:
+                return np.frombuffer(raw, dtype=np.float32).reshape(sum(counts), -1), counts
+        return await self._embed(vs_id, file_id, chunks, embedder)
+
+    async def _embed(self, vs_id: str, file_id: str, chunks: dict[str, Any], embedder: Embedder,
+                     ) -> tuple[Any, list[int]]:
+        """Embed a file's chunks' windows; store the vectors, then the chunks record naming them."""
+        import numpy as np
+
+        if chunks["chunks"]:
+            matrix, counts = await asyncio.to_thread(embed_windows, embedder, chunks["chunks"])
+        else:
+            matrix, counts = np.zeros((0, 1), dtype=np.float32), []
+        await self.store.put_blob(f"vs_vectors:{vs_id}:{file_id}", matrix.astype(np.float32).tobytes())
+        await self.store.put_record(CHUNKS_KIND, _fid(vs_id, file_id),
+                                    {**chunks, "embedder": embedder.name, "windows": counts}, owner=vs_id)
+        return matrix, counts
 
     async def wait_idle(self) -> None:
         """Until no file is being indexed (tests, shutdown)."""
