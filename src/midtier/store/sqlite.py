@@ -111,11 +111,24 @@ def migrate(db: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS
         log.info("store migrated to schema version %d", version + 1)
 
 
+def _set_wal(db: sqlite3.Connection, attempts: int = 50) -> str:
+    """Switch to WAL; two processes opening a new file at once may find it locked for a moment
+    (the switch takes an exclusive lock the busy handler does not wait for): retry briefly."""
+    for attempt in range(attempts):
+        try:
+            return str(db.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit) with the store's pragmas."""
     db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=True)
     db.execute("PRAGMA busy_timeout = 30000")  # another process writing the same file waits, not fails
-    mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    mode = _set_wal(db)
     if str(mode).lower() != "wal" and str(path) != ":memory:":
         log.warning("SQLite refused WAL mode for %s (journal_mode=%s)", path, mode)
     db.execute("PRAGMA synchronous = FULL")
