@@ -43,10 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default: %(default)s)")
     serve.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="a TOML file naming the models to serve and their engines (docs/config.md); "
+             "instead of --model, --format, --n-ctx and --threads",
+    )
+    serve.add_argument(
         "--model",
-        default=DEFAULT_MODEL,
+        default=None,
         metavar="NAME_OR_PATH",
-        help="a catalog key (see `midtier models list`) or a GGUF file (default: %(default)s)",
+        help=f"a catalog key (see `midtier models list`) or a GGUF file (default: {DEFAULT_MODEL})",
     )
     serve.add_argument(
         "--format",

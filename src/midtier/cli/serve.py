@@ -1,46 +1,81 @@
-"""``midtier serve``: load a model and serve the OpenAI-compatible API."""
+"""``midtier serve``: load the models and serve the OpenAI-compatible API.
+
+The models come from ``--config FILE`` (docs/config.md), or without one from ``--model``,
+``--format``, ``--n-ctx`` and ``--threads``: one embedded model.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("midtier.serve")
+
+_MODEL_FLAGS = (("model", "--model"), ("format", "--format"), ("n_ctx", "--n-ctx"), ("threads", "--threads"))
 
 
 def served_name(model: str) -> tuple[Path, str, int | None, str | None]:
     """(GGUF path, the name clients use, suggested n_ctx, catalog format) for a key or a path."""
-    from midtier.models import catalog, resolve
+    from midtier.loop.load import resolve_model
 
-    path = resolve(model)
+    return resolve_model(model)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The ``midtier.config.Config`` to serve: the file's, or one embedded model from the flags."""
+    from midtier.config import ConfigError, load_config, parse_config
+    from midtier.core.errors import MidtierError
+    from midtier.models import DEFAULT_MODEL
+
+    if args.config:
+        given = [flag for attr, flag in _MODEL_FLAGS if getattr(args, attr, None) is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: with --config, the models are set in the file")
+        return load_config(args.config)
+    model = args.model or DEFAULT_MODEL
     try:
-        spec = catalog.get(model)
-    except catalog.UnknownModel:
-        return path, path.stem, None, None
-    return path, spec.key, spec.n_ctx, spec.format
+        name = served_name(model)[1]
+    except (MidtierError, FileNotFoundError) as exc:
+        raise ConfigError(exc.message if isinstance(exc, MidtierError) else str(exc)) from None
+    table = {"engine": "llama_cpp", "model": model, "format": args.format, "n_ctx": args.n_ctx,
+             "threads": args.threads}
+    return parse_config({"models": {name: {k: v for k, v in table.items() if v is not None}}}, "--model")
+
+
+def describe(model: Any) -> str:
+    from midtier.loop import ServedModel
+
+    if isinstance(model, ServedModel):
+        return (f"{model.name}: embedded, format {model.format.key} ({model.format_reason}), "
+                f"context {model.engine.context_length} tokens")
+    upstream = getattr(model, "upstream", None)
+    where = getattr(upstream, "base_url", "?")
+    return f"{model.name}: upstream {where} (model {getattr(model, 'upstream_model', model.name)})"
 
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from midtier.core.errors import MidtierError
-    from midtier.loop.load import NoFormat, load_model
+    from midtier.config import ConfigError
     from midtier.server import create_app
 
     try:
-        path, name, n_ctx, catalog_format = served_name(args.model)
-        served = load_model(path, name, format_key=args.format, fallback_format=catalog_format,
-                            n_ctx=args.n_ctx or n_ctx, n_threads=args.threads)
-    except (MidtierError, NoFormat, KeyError, FileNotFoundError) as exc:
-        message = exc.message if isinstance(exc, MidtierError) else str(exc)
-        log.error("%s", message)
+        config = config_from_args(args)
+        models = config.build_models()
+        store = config.open_store()
+        tools = config.tools_config()
+    except ConfigError as exc:
+        log.error("%s", exc)
         return 1
-    log.info("serving %s (%s, format %s: %s, context %d tokens) on http://%s:%d/v1", name, path,
-             served.format.key, served.format_reason, served.engine.context_length, args.host, args.port)
-    from midtier.store import DB_NAME, open_store
+    for model in models:
+        log.info("serving %s", describe(model))
+    if store is None:
+        from midtier.store import DB_NAME, open_store
 
-    store = open_store(path=Path(args.data_dir) / DB_NAME) if args.data_dir else open_store()
-    app = create_app([served], store=store, data_dir=Path(args.data_dir) if args.data_dir else None)
+        store = open_store(path=Path(args.data_dir) / DB_NAME) if args.data_dir else open_store()
+    app = create_app(models, store=store, tools=tools)
+    log.info("listening on http://%s:%d/v1", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0

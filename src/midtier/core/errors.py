@@ -11,7 +11,9 @@ OpenAI's envelope ``{"error": {"message", "type", "param", "code"}}`` with ``sta
     │   └── ModelNotFound             (404, code model_not_found)
     ├── Conflict                      (409)
     └── EngineError                   (500, server_error: the engine failed, not the request)
-        └── EngineUnavailable         (503)
+        ├── EngineUnavailable         (503)
+        └── UpstreamError             (the upstream's status; 502 when the exchange itself broke)
+            └── UpstreamTimeout       (504)
 """
 
 from __future__ import annotations
@@ -72,3 +74,27 @@ class EngineError(MidtierError):
 class EngineUnavailable(EngineError):
     status = 503
     code = "engine_unavailable"
+
+
+class UpstreamError(EngineError):
+    """An upstream model server failed, or answered with an error (whose status, type and code
+    this error keeps). ``retryable``: nothing was generated, so the request may be sent again."""
+
+    status = 502
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, status: int | None = None, error_type: str | None = None,
+                 param: str | None = None, code: str | None = None, retryable: bool = False) -> None:
+        super().__init__(message, param=param, code=code)
+        if status is not None:
+            self.status = status
+        if error_type is not None:
+            self.type = error_type
+        elif self.status < 500:
+            self.type = "invalid_request_error"
+        self.retryable = retryable
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"

@@ -7,6 +7,7 @@ that can be cut anywhere. It never raises: what it cannot read it reports as not
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 _WS = " \t\r\n"
@@ -184,3 +185,61 @@ def arguments_text(text: str, field: Field | None, keep_string: bool = True) -> 
         return ""  # a string still arriving: wait until it is whole
     inner = unwrapped(raw)
     return inner if inner is not None else raw if keep_string else ""
+
+
+# -- where JSON text still arriving stands ------------------------------------------------------
+
+#: the state of JSON text that has not ended: how many brackets are open, whether it is
+#: inside a string, and whether an escape is open there
+JsonState = tuple[int, bool, bool]
+
+_IN_STRING = re.compile(r'["\\]')
+_STRUCTURE = re.compile(r'["{}\[\]]')
+
+
+def json_run(text: str, i: int, state: JsonState, floor: int = 1) -> JsonState | None:
+    """Scan JSON text from ``text[i]`` on, starting in ``state``: the state at its end, or
+    None once fewer than ``floor`` brackets are open outside strings (the value ended).
+    Strings and escapes are read as ``value_end`` reads them; nothing else is checked."""
+    depth, string, escaped = state
+    n = len(text)
+    if escaped:
+        if i >= n:
+            return state
+        i, escaped = i + 1, False
+    while i < n:
+        if string:
+            m = _IN_STRING.search(text, i)
+            if m is None:
+                return depth, True, False
+            j = m.start()
+            if text[j] == "\\":
+                if j + 1 >= n:
+                    return depth, True, True
+                i = j + 2
+                continue
+            string, i = False, j + 1
+            if depth < floor:
+                return None
+        else:
+            m = _STRUCTURE.search(text, i)
+            if m is None:
+                return depth, False, False
+            j = m.start()
+            c = text[j]
+            if c == '"':
+                string = True
+            elif c in "{[":
+                depth += 1
+            else:
+                depth -= 1
+                if depth < floor:
+                    return None
+            i = j + 1
+    return depth, string, escaped
+
+
+def open_json(text: str, i: int) -> JsonState | None:
+    """The state at the end of ``text`` of the object or array at ``text[i]``; None when it
+    ended."""
+    return json_run(text, i, (0, False, False))

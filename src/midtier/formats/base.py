@@ -26,7 +26,7 @@ from midtier.core.events import (
     ToolCallStart,
 )
 from midtier.core.messages import Message, ResponseFormat, ToolChoice, ToolSpec, new_id
-from midtier.formats._json import scan_object, skip_ws
+from midtier.formats._json import JsonState, scan_object, skip_ws
 
 if TYPE_CHECKING:
     from midtier.templates import ChatTemplate
@@ -43,6 +43,8 @@ class ParsedCall:
     done: bool = False
     id: str | None = None  # the id the model wrote, for families whose syntax carries one
     custom: bool = False  # a call of a custom tool: ``arguments`` is its raw input text
+    #: how its arguments go on (see ``Run``) when the text read ends inside them
+    run: Run | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -92,32 +94,48 @@ class Run:
     """How a partial parse of ``text`` goes on for more text that cannot change its structure.
 
     A format reports it when ``text`` ends inside a run whose next characters are taken as
-    they are (plain text, a string argument), nothing held back. For any ``more`` that
-    neither holds one of ``stops`` nor makes one of ``markers`` occur in ``text + more``
-    nor ends with a start of one, nor (``json``) ends the JSON string it is in:
+    they are (plain text, arguments), nothing held back. For any ``more`` that neither holds
+    one of ``stops`` nor makes one of ``markers`` occur in ``text + more`` nor ends with a
+    start of one, nor (``json``) leaves the JSON value the run is in:
 
     - ``content`` / ``reasoning``: the parse settled all of ``text`` (with ``rstrip``, all
-      but its trailing blanks, which are whitespace), and ``resume`` parses ``more`` the
-      same way: it settles all of it (with ``rstrip``: up to its trailing blanks, and only
-      when it is not blank), adding it to that channel, into the same ``resume`` state;
+      but its trailing blanks), and the state it resumes in parses ``more`` as text of that
+      channel, all of it settled (with ``rstrip``: but its trailing blanks) into the same
+      state, or emits what it would had it been;
     - ``args``: ``parse(text + more)`` is ``parse(text)`` with ``more`` added to the last
-      call's arguments (JSON-string-escaped with ``escape``; with ``newline``, a newline
-      that ends the value is held back: ``held`` is the one held now);
+      call's arguments: JSON-string-escaped with ``escape``; with ``newline``, a newline
+      that ends the value is held back (``held`` is what is held now);
     - ``silent``: ``parse(text + more)`` is ``parse(text)``.
 
-    ``StreamParser`` then takes such chunks without parsing (``O(chunk)``). ``run`` parses
-    define it: streamed output equals the non-streamed parse whatever the chunking, and
-    every format's tests check that it equals streaming without runs, event for event.
+    ``json``: ``text`` ends inside JSON text (see ``_json.json_run``) whose state is ``depth``
+    brackets open, inside a string (``string``), after an open escape (``escaped``); the run
+    ends where, outside strings, fewer than ``json`` brackets are open.
+
+    ``StreamParser`` takes such chunks without parsing (``O(chunk)``): the partial parse
+    defines what a run does. Every format's tests check that streaming with runs emits what
+    diffing whole snapshots emits, event for event.
     """
 
     kind: RunKind
     markers: tuple[str, ...] = ()
     stops: str = ""
-    json: bool = False
+    json: int = 0
+    depth: int = 0
+    string: bool = False
+    escaped: bool = False
     escape: bool = False
     newline: bool = False
     held: str = ""
     rstrip: bool = False
+
+
+def json_args(state: JsonState | None, markers: tuple[str, ...], floor: int = 1) -> Run | None:
+    """The args run of arguments written as JSON and shown as written, when the text ends
+    inside them in ``state`` (None: it does not)."""
+    if state is None:
+        return None
+    depth, string, escaped = state
+    return Run("args", markers, json=floor, depth=depth, string=string, escaped=escaped)
 
 
 def resumed(fmt: F, **state: Any) -> F:
@@ -481,7 +499,8 @@ def text_and_blocks(fmt: F, out: Parsed, content: list[str], cut: Cut, partial: 
     if partial:
         offset, pieces, calls, markers = cut
         out.settled = settled_text(fmt, offset, "".join(content[:pieces]), calls, **state)
-        out.run = text_run(out.settled, markers)
+        if markers is not None:  # (else a block may have set the run it ends in)
+            out.run = text_run(out.settled, markers)
     return out
 
 

@@ -11,18 +11,20 @@ from dataclasses import replace
 from typing import ClassVar
 
 from midtier.core.messages import Message, ResponseFormat, ToolChoice, ToolSpec
-from midtier.formats._json import arguments_text, scan_object, skip_ws
+from midtier.formats._json import arguments_text, open_json, scan_object, skip_ws
 from midtier.formats.base import (
     Format,
     Markers,
     Parsed,
     ParsedCall,
+    Run,
     answer_rule,
     block_body,
     call_schema,
     custom_input,
     free_text,
     held_prefix,
+    json_args,
     json_schema_lark,
     keep_call,
     read_blocks,
@@ -121,14 +123,15 @@ class HermesFormat(Format):
 
         def block(i: int, _: str) -> int | None:
             body, end = block_body(text, i + len(OPEN), partial, CLOSE)
-            return keep_call(text, i, partial, read_call(body, end is not None or not partial), end, content,
-                             out.calls)
+            at_end = partial and end is None and i + len(OPEN) + len(body) == len(text)
+            call, out.run = read_call_run(body, end is not None or not partial, (CLOSE,) if at_end else None)
+            return keep_call(text, i, partial, call, end, content, out.calls)
 
         cut = read_blocks(text, pos, partial, (OPEN,), block, content, out.calls)
         return text_and_blocks(self, out, content, cut, partial)
 
 
-def _read_custom(body: str, start: int, final: bool) -> ParsedCall | None:
+def _read_custom(body: str, start: int, final: bool, markers: tuple[str, ...] | None) -> ParsedCall | None:
     """A custom tool's block: ``<function=NAME>\\nRAW\\n</function>``; the raw input grows as it arrives."""
     name_end = body.find(">", start)
     if name_end < 0:
@@ -138,22 +141,45 @@ def _read_custom(body: str, start: int, final: bool) -> ParsedCall | None:
     end = body.find(CUSTOM_END, first)
     if end < 0:
         end = len(body) if final else len(body) - held_prefix(body[first:], CUSTOM_END)
-    return ParsedCall(name=name, arguments=body[first:max(end, first)], done=final, custom=True)
+    call = ParsedCall(name=name, arguments=body[first:max(end, first)], done=final, custom=True)
+    if markers is not None and end == len(body) > name_end + 1:  # the input goes on as it is
+        call.run = Run("args", (CUSTOM_END, *markers))
+    return call
 
 
 def read_call(body: str, final: bool) -> ParsedCall | None:
     """A call from one block's body; None while the name is unknown (or, when final, if none)."""
+    return read_call_run(body, final, None)[0]
+
+
+def read_call_run(body: str, final: bool, markers: tuple[str, ...] | None) -> tuple[ParsedCall | None, Run | None]:
+    """``read_call``, and with ``markers`` (the body is the end of the output, which these
+    would end) the run (see ``Run``) the parse is in: inside the arguments, inside a string
+    of the object (nothing changes until it ends), after the arguments (nothing changes)."""
     start = skip_ws(body, 0)
     if body.startswith(CUSTOM_OPEN, start):
-        return _read_custom(body, start, final)
+        call = _read_custom(body, start, final, None if final else markers)
+        return call, call.run if call is not None else None
     if start >= len(body) or body[start] != "{":
-        return None
+        return None, None
     scan = scan_object(body, start)
     name = scan.complete_string(body, "name")
-    if name is None:
-        return None
     field = scan.fields.get("arguments") or scan.fields.get("parameters")
-    arguments = arguments_text(body, field)
-    if field is None and scan.end is not None:
-        arguments = "{}"
-    return ParsedCall(name=name, arguments=arguments, done=final)
+    call = None
+    if name is not None:
+        arguments = arguments_text(body, field)
+        if field is None and scan.end is not None:
+            arguments = "{}"
+        call = ParsedCall(name=name, arguments=arguments, done=final)
+    if markers is None or final or scan.error is not None:
+        return call, None
+    if call is not None and (scan.end is not None or field is not None and field.end is not None
+                             and field.key == "arguments"):
+        return call, Run("silent", markers)  # the name and the arguments are known for good
+    if call is not None and field is not None and field.end is None and field.start >= 0 \
+            and body[field.start] in "{[":
+        return call, json_args(open_json(body, field.start), markers)
+    state = open_json(body, start)
+    if state is not None and state[0] == 1 and state[1]:  # in a key or a value that is no object
+        return call, Run("silent", markers, json=2, depth=1, string=True, escaped=state[2])
+    return call, None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
 
 from midtier.core.events import (
@@ -30,6 +31,7 @@ from midtier.core.events import (
     ToolCallDone,
     ToolCallStart,
 )
+from midtier.formats._json import JsonState, json_run
 from midtier.formats.base import Format, Parsed, ParsedCall, Run, Settled, held_any
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,7 @@ class StreamParser:
         self._chunks: list[str] = []  # the text before the settled point
         self._tail = ""  # the text from the settled point on, as last parsed
         self._more: list[str] = []  # text a run took after ``_tail``
+        self._pending = ""  # then what a run held back: the start of a marker
         self._content = _Channel()
         self._reasoning = _Channel()
         self._done: list[ParsedCall] = []  # settled calls: emitted whole and done
@@ -65,9 +68,9 @@ class StreamParser:
         # the run chunks go to (see ``_arm``)
         self._run: Run | None = None
         self._take: Callable[[str], list[StreamEvent] | None] | None = None
-        self._firsts = ""  # the first characters of the run's markers
+        self._hits: Callable[[str], object] = _never  # whether a chunk holds a stop or a marker's start
         self._longest = 0  # the length of its longest marker
-        self._escaped = False  # a JSON string run: the text so far ends with an open escape
+        self._json: JsonState = (0, False, False)  # a JSON run: where the text stands (see json_run)
         self._held = ""  # an args run: what it holds back (a newline that may end the value)
         self._channel = self._content  # a text run: its channel, and the event of a delta
         self._delta: type[TextDelta] | type[ReasoningDelta] = TextDelta
@@ -75,12 +78,12 @@ class StreamParser:
     @property
     def text(self) -> str:
         """The text fed so far."""
-        return "".join(self._chunks) + self._tail + "".join(self._more)
+        return "".join(self._chunks) + self.tail
 
     @property
     def tail(self) -> str:
         """The text after the settled point: what the next parsed chunk parses again."""
-        return self._tail + "".join(self._more)
+        return self._tail + "".join(self._more) + self._pending
 
     @property
     def parsed(self) -> Parsed:
@@ -93,9 +96,8 @@ class StreamParser:
     def feed(self, chunk: str) -> list[StreamEvent]:
         if not chunk:
             return []
-        take = self._take
-        if take is not None:
-            events = take(chunk)
+        if self._take is not None:
+            events = self._take(chunk)
             if events is not None:
                 return events
         return self._parse(chunk)
@@ -104,7 +106,7 @@ class StreamParser:
         self._finished = True
         self._disarm()
         tail = self._tail = self.tail
-        self._more = []
+        self._more, self._pending = [], ""
         final = self._resumed.parse(tail, partial=False)
         events = self._advance(final)
         # a call cut short (length, stop) is closed with the arguments it got
@@ -117,10 +119,9 @@ class StreamParser:
     # -- parsing ---------------------------------------------------------------------------------
     def _parse(self, chunk: str) -> list[StreamEvent]:
         self.parses += 1
-        if self._more:
-            self._more.append(chunk)
-            chunk = "".join(self._more)
-            self._more = []
+        if self._more or self._pending:
+            chunk = "".join(self._more) + self._pending + chunk
+            self._more, self._pending = [], ""
         self._tail += chunk
         new = self._resumed.parse(self._tail, partial=True)
         events = self._advance(new)
@@ -201,32 +202,46 @@ class StreamParser:
         else:
             take = self._take_silent
         self._run, self._take = run, take
-        self._firsts = "".join({m[0] for m in run.markers})
+        self._hits = _finder({*run.stops, *(m[0] for m in run.markers)})
         self._longest = max(map(len, run.markers), default=0)
-        self._escaped = False
+        self._json = (run.depth, run.string, run.escaped)
         self._held = run.held
 
-    def _fits(self, chunk: str) -> bool:
-        """Whether ``chunk`` can go on the run as it is: no stop, the JSON string does not
-        end, no marker occurs and none may be starting at its end."""
+    def _piece(self, chunk: str) -> str | None:
+        """What the run takes of the text held back before ``chunk`` and ``chunk`` (None: it
+        does not fit, the chunk is parsed): no stop, no marker occurs, the JSON value goes
+        on; a start of a marker at its end is held back, as formats hold it."""
         run = self._run
         assert run is not None
         for c in run.stops:
             if c in chunk:
-                return False
-        if run.json and (self._escaped or '"' in chunk or "\\" in chunk):
-            escaped = _string_goes_on(chunk, self._escaped)
-            if escaped is None:
-                return False
-            self._escaped = escaped
-        for c in self._firsts:
-            if c in chunk:
-                window = self._recent(self._longest - 1) + chunk
-                return not any(m in window for m in run.markers) and not held_any(window, run.markers)
-        return True
+                return None
+        pending = self._pending
+        piece = pending + chunk if pending else chunk
+        held = ""
+        if pending or self._hits(chunk):
+            before = self._recent(self._longest - 1)
+            window = before + piece
+            for m in run.markers:
+                if m in window:
+                    return None
+            h = held_any(window, run.markers)
+            if h:
+                if h > len(piece):
+                    return None
+                piece, held = piece[:-h], piece[-h:]
+                if held_any(before + piece, run.markers):
+                    return None
+        if run.json and piece:
+            state = json_run(piece, 0, self._json, run.json)
+            if state is None:
+                return None
+            self._json = state
+        self._pending = held
+        return piece
 
     def _recent(self, n: int) -> str:
-        """The last ``n`` characters fed (fewer at the start)."""
+        """The last ``n`` characters a run took or the parser parsed (fewer at the start)."""
         out = ""
         for piece in reversed(self._more):
             out = piece + out
@@ -240,18 +255,27 @@ class StreamParser:
         return out[-n:] if n else ""
 
     def _take_text(self, chunk: str) -> list[StreamEvent] | None:
-        """A content or reasoning run: the chunk is settled as it is."""
-        if not self._fits(chunk):
-            return None
-        self._chunks.append(chunk)
-        delta = self._channel.take(chunk)
-        return [self._delta(delta)] if delta else []
+        """A content or reasoning run: the piece is settled as it is."""
+        if self._pending or self._hits(chunk):
+            piece = self._piece(chunk)
+            if not piece:
+                return None if piece is None else []
+        else:
+            piece = chunk
+        self._chunks.append(piece)
+        channel = self._channel
+        if channel.unsent or piece[-1].isspace() or not channel.pieces:
+            delta = channel.take(piece)
+            return [self._delta(delta)] if delta else []
+        channel.pieces.append(piece)
+        return [self._delta(piece)]
 
     def _take_body(self, chunk: str) -> list[StreamEvent] | None:
         """A text run whose trailing blanks stay unsettled (``Run.rstrip``)."""
-        if not self._fits(chunk):
-            return None
-        text = self._tail + chunk
+        piece = self._piece(chunk)
+        if not piece:
+            return None if piece is None else []
+        text = self._tail + piece
         body = text.rstrip()
         if not body:
             self._tail = text
@@ -262,51 +286,47 @@ class StreamParser:
         return [self._delta(delta)] if delta else []
 
     def _take_args(self, chunk: str) -> list[StreamEvent] | None:
-        """An args run: the chunk (escaped, with ``Run.escape``) goes on the last call's arguments."""
-        escaped = self._escaped
-        if not self._fits(chunk):
-            self._escaped = escaped
-            return None
+        """An args run: the piece (escaped, with ``Run.escape``) goes on the last call's arguments."""
+        piece = self._piece(chunk)
+        if not piece:
+            return None if piece is None else []
         run = self._run
         assert run is not None
-        self._more.append(chunk)
+        self._more.append(piece)
         if run.newline:
-            chunk = self._held + chunk
-            self._held = "\n" if chunk.endswith("\n") else ""
+            piece = self._held + piece
+            self._held = "\n" if piece.endswith("\n") else ""
             if self._held:
-                chunk = chunk[:-1]
-        if run.escape and (not chunk.isprintable() or '"' in chunk or "\\" in chunk):
-            chunk = json.dumps(chunk, ensure_ascii=False)[1:-1]
-        if not chunk:
+                piece = piece[:-1]
+        if run.escape and (not piece.isprintable() or '"' in piece or "\\" in piece):
+            piece = json.dumps(piece, ensure_ascii=False)[1:-1]
+        if not piece:
             return []
-        self._grown += len(chunk)
-        return [ToolCallArgsDelta(len(self._done) + len(self._calls) - 1, chunk)]
+        self._grown += len(piece)
+        return [ToolCallArgsDelta(len(self._done) + len(self._calls) - 1, piece)]
 
     def _take_silent(self, chunk: str) -> list[StreamEvent] | None:
-        """A silent run: the chunk changes nothing yet."""
-        escaped = self._escaped
-        if not self._fits(chunk):
-            self._escaped = escaped
+        """A silent run: the piece changes nothing yet."""
+        piece = self._piece(chunk)
+        if piece is None:
             return None
-        self._more.append(chunk)
+        if piece:
+            self._more.append(piece)
         return []
 
 
-def _string_goes_on(chunk: str, escaped: bool) -> bool | None:
-    """Inside a JSON string (after an open escape if ``escaped``): None when ``chunk`` ends
-    the string, else whether the text then ends with an open escape."""
-    i = 1 if escaped else 0
-    n = len(chunk)
-    while True:
-        b = chunk.find("\\", i)
-        q = chunk.find('"', i)
-        if q >= 0 and (b < 0 or q < b):
-            return None
-        if b < 0:
-            return False
-        i = b + 2
-        if i > n:
-            return True
+def _never(chunk: str) -> bool:
+    return False
+
+
+def _finder(chars: set[str]) -> Callable[[str], object]:
+    """A test of whether a text holds one of ``chars``."""
+    if not chars:
+        return _never
+    if len(chars) == 1:
+        char = next(iter(chars))
+        return lambda chunk: char in chunk
+    return re.compile("[" + "".join(map(re.escape, sorted(chars))) + "]").search
 
 
 class _Channel:

@@ -43,7 +43,8 @@ from midtier.core.events import (
     ToolCallStart,
 )
 from midtier.core.messages import Conversation, Message, ToolCall, ToolChoice, Usage, new_id
-from midtier.loop.turn import ServedModel, TurnTrace
+from midtier.loop.served import Served
+from midtier.loop.turn import TurnTrace
 from midtier.store.base import Store
 from midtier.tools.base import BuiltinTool, NeedsApproval, ToolContext, ToolError, ToolResult
 
@@ -80,7 +81,7 @@ class _Running:
 
 @dataclass
 class ToolLoop:
-    served: ServedModel
+    served: Served
     conv: Conversation
     builtins: list[Builtin]
     store: Store
@@ -276,7 +277,7 @@ def _add(total: Usage, usage: Usage) -> None:
     total.cached_tokens += usage.cached_tokens
 
 
-async def _limit_calls(served: ServedModel, events: AsyncGenerator[StreamEvent], left: int | None,
+async def _limit_calls(served: Served, events: AsyncGenerator[StreamEvent], left: int | None,
                        trace: TurnTrace) -> AsyncGenerator[StreamEvent]:
     """The turn ends once it has made ``left`` calls; it remembers each call's id, name and type."""
     calls: dict[int, tuple[str, str, str]] = trace.extra.setdefault("calls", {})
@@ -294,7 +295,7 @@ async def _limit_calls(served: ServedModel, events: AsyncGenerator[StreamEvent],
                 reached = True
                 break
     if reached:
-        generated = len(served.engine.tokenize(trace.raw_output, special=True))
+        generated = served.count_tokens(trace.raw_output)
         yield Finish("tool_calls", Usage(trace.prompt_tokens, generated, 0))
 
 

@@ -23,7 +23,7 @@ from midtier.core.events import (
     ToolCallDone,
     ToolCallStart,
 )
-from midtier.core.messages import Conversation, Message, ToolChoice, Usage
+from midtier.core.messages import Conversation, Message, ToolChoice, ToolSpec, Usage
 from midtier.engines.base import Engine, GenerateOptions
 from midtier.formats.base import STRAY_JSON_START, Format, StreamParser
 from midtier.loop.fanout import FanOut, fan_out_tools
@@ -80,6 +80,20 @@ class ServedModel:
         self.constrainer = constrainer or Constrainer(engine.tokenizer_spec())
         self.default_max_tokens = default_max_tokens
         self._template_has_developer = "developer" in template.source
+
+    # -- what every served model offers (loop.served.Served) ----------------------------------
+    @property
+    def context_length(self) -> int:
+        return self.engine.context_length
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.engine.tokenize(text, special=True))
+
+    def prompt_tokens(self, conv: Conversation) -> int:
+        return len(self.render(conv).ids)
+
+    def validate_custom(self, tool: ToolSpec, param: str | None = None) -> None:
+        self.constrainer.validate_custom(tool, param=param)
 
     # -- layer 2 ------------------------------------------------------------------------------
     def render(self, conv: Conversation) -> Rendered:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -17,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from midtier.core.errors import InvalidRequest, MidtierError, ModelNotFound
-from midtier.loop import ServedModel
+from midtier.loop.served import Served
 from midtier.server.chat import conversation_from_request
 from midtier.server.errors import (
     handle_http_exception,
@@ -38,16 +39,22 @@ log = logging.getLogger(__name__)
 class Models:
     """The models this server serves, by name."""
 
-    def __init__(self, models: list[ServedModel]) -> None:
+    def __init__(self, models: list[Served]) -> None:
         self.by_name = {m.name: m for m in models}
         self.created = int(time.time())
 
-    def get(self, name: str) -> ServedModel:
+    def get(self, name: str) -> Served:
         try:
             return self.by_name[name]
         except KeyError:
             raise ModelNotFound(f"The model '{name}' does not exist. Served: {', '.join(self.by_name)}",
                                 param="model") from None
+
+    async def close(self) -> None:
+        for model in self.by_name.values():
+            close = getattr(model, "close", None)  # an upstream's pooled connections
+            if close is not None:
+                await close()
 
     def card(self, name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": self.created, "owned_by": "midtier"}
@@ -152,7 +159,7 @@ def toolbox_of(request: Request) -> Toolbox:
     return toolbox
 
 
-def create_app(models: list[ServedModel], store: Store | None = None, tools: ToolsConfig | None = None,
+def create_app(models: list[Served], store: Store | None = None, tools: ToolsConfig | None = None,
                data_dir: Path | None = None) -> Starlette:
     """``store`` keeps responses and conversations (the app closes it at shutdown); without one,
     the default store is opened when a request first needs it. ``tools`` says which built-in
@@ -170,7 +177,13 @@ def create_app(models: list[ServedModel], store: Store | None = None, tools: Too
         *completions.routes(),
         *files.routes(), *vector_stores.routes(),
     ]
-    app = Starlette(routes=routes, lifespan=responses.lifespan, exception_handlers={
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with responses.lifespan(app):
+            yield
+        await app.state.models.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         MidtierError: handle_midtier_error,
         HTTPException: handle_http_exception,
         Exception: handle_unexpected,

@@ -40,8 +40,9 @@ from midtier.core.messages import (
     ToolSpec,
     new_id,
 )
-from midtier.loop import ServedModel, TurnTrace
+from midtier.loop import TurnTrace
 from midtier.loop.agent import Builtin, Limits, ToolLoop
+from midtier.loop.served import Served
 from midtier.server.app import read_json, store_of, toolbox_of
 from midtier.server.chat import _TOOL_NAME, check_schema
 from midtier.server.errors import validation_error
@@ -108,7 +109,7 @@ def parse_body(model: type[BaseModel], data: dict[str, Any]) -> Any:
 
 
 # -- tools ---------------------------------------------------------------------------------------
-def tools_from_request(req: CreateResponseRequest, served: ServedModel,
+def tools_from_request(req: CreateResponseRequest, served: Served,
                        toolbox: Toolbox | None = None) -> tuple[list[ToolSpec], list[dict[str, Any]], list[Builtin]]:
     """The tools as specs, as the Response object echoes them, and the built-in ones."""
     specs: list[ToolSpec] = []
@@ -145,7 +146,7 @@ def tools_from_request(req: CreateResponseRequest, served: ServedModel,
         grammar = (fmt.syntax, fmt.definition) if isinstance(fmt, GrammarFormat) else None
         spec = ToolSpec(tool.name, tool.description or "", kind="custom", grammar=grammar)
         if grammar is not None:
-            served.constrainer.validate_custom(spec, param=f"{param}.format.definition")
+            served.validate_custom(spec, param=f"{param}.format.definition")
         specs.append(spec)
         echo.append({"type": "custom", "name": tool.name, "format": fmt.model_dump() if fmt else {"type": "text"},
                      **({"description": tool.description} if tool.description is not None else {})})
@@ -340,9 +341,14 @@ def messages_from_items(items: list[dict[str, Any]], tool_for: Callable[[str], B
     return out
 
 
-def truncate(conv: Conversation, served: ServedModel, room: int) -> None:
+def truncate(conv: Conversation, served: Served, room: int) -> None:
     """``truncation: auto``: drop the oldest turns until the prompt leaves ``room`` tokens."""
-    while len(served.render(conv).ids) + room > served.engine.context_length:
+    limit = served.context_length
+    if limit is None:
+        raise InvalidRequest(f"truncation 'auto' needs the context length of model {served.name!r}, which this "
+                             "server does not know (set context_length in its config)", param="truncation",
+                             code="unsupported_value")
+    while served.prompt_tokens(conv) + room > limit:
         msgs = conv.messages
         first = next((i for i, m in enumerate(msgs) if m.role not in ("system", "developer")), None)
         if first is None:
@@ -359,7 +365,7 @@ class Plan:
     """Everything one response needs: its turn, the object being filled, and where it goes."""
 
     req: CreateResponseRequest
-    served: ServedModel
+    served: Served
     conv: Conversation
     state: ResponseStream
     input_items: list[dict[str, Any]]
@@ -427,7 +433,7 @@ def _tool_lookup(toolbox: Toolbox | None) -> tuple[frozenset[str], Callable[[str
     return frozenset(by_item), tool_for
 
 
-async def plan_response(req: CreateResponseRequest, served: ServedModel, store: Store,
+async def plan_response(req: CreateResponseRequest, served: Served, store: Store,
                         toolbox: Toolbox | None = None) -> Plan:
     if req.previous_response_id and req.conversation:
         raise InvalidRequest("previous_response_id and conversation cannot be used together",
@@ -472,9 +478,9 @@ async def plan_response(req: CreateResponseRequest, served: ServedModel, store: 
                         top_p=1.0 if req.top_p is None else req.top_p, max_tokens=req.max_output_tokens)
     conv = Conversation(messages, tools, choice, response_format(req), sampling)
     if req.truncation == "auto":
-        truncate(conv, served, min(req.max_output_tokens or 1, served.engine.context_length // 2))
+        truncate(conv, served, min(req.max_output_tokens or 1, (served.context_length or 0) // 2))
     obj = response_object(req, tools_echo, conversation_id)
-    state = ResponseStream(obj, count_tokens=lambda text: len(served.engine.tokenize(text, special=False)))
+    state = ResponseStream(obj, count_tokens=served.count_tokens)
     return Plan(req, served, conv, state, items, store, conversation_id, {str(x.get("id")) for x in context},
                 builtins=builtins, toolbox=toolbox, scope=scope or str(obj["id"]), history=context + items)
 
