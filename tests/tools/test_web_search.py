@@ -336,3 +336,18 @@ def test_tool_on_searxng_provider(tmp_path: Path) -> None:
         run(tool, call("web_search", query="bridge"),
             context(box, {"type": "web_search", "external_web_access": False}, []))
     asyncio.run(box.close())
+
+
+def test_queries_as_a_small_model_writes_them(tmp_path: Path, corpus: Path) -> None:
+    box = toolbox(tmp_path, corpus=str(corpus))
+    tool = WebSearchTool(box)
+    item, result = run(tool, call("web_search", query=["rice boil", "Zorblat festival", "rice boil", "a", "b"]),
+                       context(box, {}, []))
+    assert item["action"]["query"] == "rice boil"
+    assert item["action"]["queries"] == ["rice boil", "Zorblat festival", "a"]  # each once, at most three
+    ResponseFunctionWebSearch.model_validate(item)
+    urls = [c["url"] for c in result.citations]
+    assert urls[:2] == [(corpus / "guide" / "cooking.md").resolve().as_uri(), "https://kelvara.example/notes"]
+    assert len(urls) == len(set(urls))
+    item, result = run(tool, call("web_search", q="Zorblat"), context(box, {}, []))
+    assert item["action"]["query"] == "Zorblat" and "ninth of Brumaire" in result.output

@@ -57,6 +57,7 @@ SOURCES = "web_search_call.action.sources"
 # per search_context_size: (results per search, snippet characters, characters of an opened page)
 CONTEXT_SIZES = {"low": (3, 300, 2000), "medium": (5, 400, 4000), "high": (8, 600, 8000)}
 FUNCTIONS = ("web_search", "open_page", "find_in_page")
+MAX_QUERIES = 3  # queries one call may run (a model may write a list)
 
 
 class WebProvider(Protocol):
@@ -187,6 +188,17 @@ def _find(text: str, pattern: str, size: int, limit: int = 5) -> list[str]:
     return [excerpt(line, pattern, size) for count, line in scored[:limit] if count == best]
 
 
+def _queries(args: dict[str, Any]) -> list[str]:
+    """The search queries of a call: ``query`` as asked, or as a small model writes it (a list of
+    queries, or under another key), at most ``MAX_QUERIES``, each once."""
+    value = args.get("query")
+    if value is None:
+        value = next((v for v in args.values() if isinstance(v, (str, list))), None)
+    values = value if isinstance(value, list) else [value]
+    queries = [" ".join(str(v).split()) for v in values if isinstance(v, (str, int, float))]
+    return list(dict.fromkeys(q for q in queries if q))[:MAX_QUERIES]
+
+
 class WebSearchTool:
     """The ``web_search`` built-in tool (also ``web_search_preview``)."""
 
@@ -281,8 +293,8 @@ class WebSearchTool:
         elif call.name == "find_in_page":
             action = {"type": "find_in_page", "url": str(args.get("url") or ""), "pattern": str(args.get("pattern") or "")}
         else:
-            query = str(args.get("query") or "")
-            action = {"type": "search", "query": query, "queries": [query]}
+            queries = _queries(args)
+            action = {"type": "search", "query": queries[0] if queries else "", "queries": queries or [""]}
         return {"id": new_id("ws_"), "type": "web_search_call", "status": "in_progress", "action": action}
 
     async def run(self, item: dict[str, Any], call: ToolCall, ctx: ToolContext) -> ToolResult:
@@ -309,11 +321,19 @@ class WebSearchTool:
 
     async def _search(self, item: dict[str, Any], action: dict[str, Any], provider: WebProvider,
                       domains: list[str] | None, ctx: ToolContext) -> ToolResult:
-        query = " ".join(action["query"].split())
-        if not query:
+        queries = [q for q in action.get("queries") or [action["query"]] if q.strip()]
+        if not queries:
             raise ToolError("the query is empty: say what to search for")
+        query = " / ".join(queries)
         limit, snippet_size, _ = self._sizes(ctx.param)
-        hits = await provider.search(query, limit * 4 if domains else limit)
+        ranked = [await provider.search(q, limit * 4 if domains else limit) for q in queries]
+        hits: list[tuple[Page, str]] = []
+        seen: set[str] = set()
+        for rank in range(max(len(r) for r in ranked)):  # the queries' results in turn, each page once
+            for results in ranked:
+                if rank < len(results) and results[rank][0].url not in seen:
+                    seen.add(results[rank][0].url)
+                    hits.append(results[rank])
         hits = [(page, snippet) for page, snippet in hits if _domain_allowed(page.url, domains)][:limit]
         if SOURCES in ctx.include:
             action["sources"] = [{"type": "url", "url": page.url} for page, _ in hits]
@@ -322,7 +342,7 @@ class WebSearchTool:
         lines = [f'Results for "{query}":']
         for n, (page, snippet) in enumerate(hits, 1):
             lines += ["", f"[{n}] {page.title}", f"URL: {page.url}",
-                      " ".join(excerpt(snippet, query, snippet_size).split())]
+                      " ".join(excerpt(snippet, " ".join(queries), snippet_size).split())]
         citations = [{"type": "url_citation", "url": page.url, "title": page.title} for page, _ in hits]
         return ToolResult("\n".join(lines), citations=citations)
 
