@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", default=None, metavar="DIR",
                        help="where stored responses and conversations are kept "
                             "(default: $MIDTIER_DATA or ~/.local/share/midtier)")
+    serve.add_argument("--web-corpus", default=None, metavar="DIR",
+                       help="a folder of HTML, Markdown and text pages that the web_search tool searches, "
+                            "offline (the [tools] setting web_search.corpus)")
     serve.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
 
     models = commands.add_parser("models", help="list and download models")

@@ -55,6 +55,21 @@ def describe(model: Any) -> str:
     return f"{model.name}: upstream {where} (model {getattr(model, 'upstream_model', model.name)})"
 
 
+def with_web_corpus(tools: Any, folder: str) -> Any:
+    """``tools`` (a ``ToolsConfig`` or None) with web_search searching ``folder`` (``--web-corpus``)."""
+    import dataclasses
+
+    from midtier.config import ConfigError
+    from midtier.tools import ToolsConfig
+
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"--web-corpus {folder}: no such folder")
+    tools = tools if tools is not None else ToolsConfig()
+    web = {**tools.settings.get("web_search", {}), "provider": "corpus", "corpus": str(path.resolve())}
+    return dataclasses.replace(tools, settings={**tools.settings, "web_search": web})
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -66,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
         models = config.build_models()
         store = config.open_store()
         tools = config.tools_config()
+        if getattr(args, "web_corpus", None):
+            tools = with_web_corpus(tools, args.web_corpus)
     except ConfigError as exc:
         log.error("%s", exc)
         return 1
