@@ -158,9 +158,9 @@ def test_models_list_imports_no_engine_and_no_server(tmp_path: Path) -> None:
 
 def test_serve_options_and_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
     args = build_parser().parse_args(["serve"])
-    assert (args.host, args.port, args.model, args.format, args.n_ctx, args.threads, args.log_level) == (
-        "127.0.0.1", 8000, DEFAULT_MODEL, None, None, None, "info",
-    )  # fmt: skip
+    # no --model: serve resolves DEFAULT_MODEL, unless --config names the models (tests/test_config.py)
+    assert (args.host, args.port, args.config, args.model, args.format, args.n_ctx, args.threads,
+            args.log_level) == ("127.0.0.1", 8000, None, None, None, None, None, "info")  # fmt: skip
 
     seen: list[argparse.Namespace] = []
     fake_serve = types.ModuleType("midtier.cli.serve")
