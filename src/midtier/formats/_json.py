@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 
 _WS = " \t\r\n"
+_IN_STRING = re.compile(r'["\\]')
+_STRUCTURE = re.compile(r'["{}\[\]]')
 
 
 @dataclass
@@ -37,13 +39,9 @@ class ObjectScan:
     def complete_string(self, text: str, key: str) -> str | None:
         """The decoded value of a string field, once it is whole."""
         f = self.fields.get(key)
-        if f is None or f.end is None:
+        if f is None or f.end is None or text[f.start] != '"':
             return None
-        try:
-            value = json.loads(f.raw(text))
-        except ValueError:
-            return None
-        return value if isinstance(value, str) else None
+        return _decoded(text, f.start, f.end)
 
 
 def skip_ws(text: str, i: int) -> int:
@@ -55,17 +53,28 @@ def skip_ws(text: str, i: int) -> int:
 
 def _string_end(text: str, i: int) -> int | None:
     """``text[i]`` is an opening quote; return one past the closing quote."""
-    n = len(text)
-    i += 1
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == '"':
-            return i + 1
-        i += 1
+    start = i + 1
+    q = text.find('"', start)
+    while q >= 0:
+        b = q  # an odd run of backslashes before the quote escapes it
+        while b > start and text[b - 1] == "\\":
+            b -= 1
+        if (q - b) % 2 == 0:
+            return q + 1
+        q = text.find('"', q + 1)
     return None
+
+
+def _decoded(text: str, start: int, end: int) -> str | None:
+    """The JSON string ``text[start:end]`` (quotes included) decoded; None if it is not valid."""
+    raw = text[start + 1:end - 1]
+    if "\\" not in raw and raw.isprintable():
+        return raw
+    try:
+        value = json.loads(text[start:end])
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def value_end(text: str, i: int) -> tuple[int | None, int | None]:
@@ -78,7 +87,11 @@ def value_end(text: str, i: int) -> tuple[int | None, int | None]:
         return _string_end(text, i), None
     if c in "{[":
         depth = 0
-        while i < n:
+        while True:
+            m = _STRUCTURE.search(text, i)
+            if m is None:
+                return None, None
+            i = m.start()
             c = text[i]
             if c == '"':
                 e = _string_end(text, i)
@@ -88,12 +101,11 @@ def value_end(text: str, i: int) -> tuple[int | None, int | None]:
                 continue
             if c in "{[":
                 depth += 1
-            elif c in "}]":
+            else:
                 depth -= 1
                 if depth == 0:
                     return i + 1, None
             i += 1
-        return None, None
     # number, true, false, null
     j = i
     while j < n and text[j] not in ",}] \t\r\n":
@@ -131,9 +143,8 @@ def scan_object(text: str, i: int) -> ObjectScan:
         kend = _string_end(text, i)
         if kend is None:
             return ObjectScan(fields, None, pending=i)
-        try:
-            key = json.loads(text[i:kend])
-        except ValueError:
+        key = _decoded(text, i, kend)
+        if key is None:
             return ObjectScan(fields, None, error=i)
         if key in fields:
             return ObjectScan(fields, None, error=i)
@@ -192,9 +203,6 @@ def arguments_text(text: str, field: Field | None, keep_string: bool = True) -> 
 #: the state of JSON text that has not ended: how many brackets are open, whether it is
 #: inside a string, and whether an escape is open there
 JsonState = tuple[int, bool, bool]
-
-_IN_STRING = re.compile(r'["\\]')
-_STRUCTURE = re.compile(r'["{}\[\]]')
 
 
 def json_run(text: str, i: int, state: JsonState, floor: int = 1) -> JsonState | None:

@@ -89,7 +89,7 @@ class Settled:
 RunKind = Literal["content", "reasoning", "args", "silent"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Run:
     """How a partial parse of ``text`` goes on for more text that cannot change its structure.
 
@@ -184,15 +184,23 @@ def shown(text: str, partial: bool, markers: tuple[str, ...], ends: tuple[str, .
 
 def held_prefix(text: str, marker: str) -> int:
     """Length of the longest suffix of ``text`` that is a proper prefix of ``marker``."""
-    for k in range(min(len(marker) - 1, len(text)), 0, -1):
-        if marker.startswith(text[-k:]):
-            return k
+    n = len(text)
+    i = text.find(marker[0], max(0, n - len(marker) + 1))
+    while i >= 0:
+        if marker.startswith(text[i:]):
+            return n - i
+        i = text.find(marker[0], i + 1)
     return 0
 
 
 def held_any(text: str, markers: tuple[str, ...]) -> int:
     """``held_prefix`` for the one of ``markers`` that ``text`` ends with the longest start of."""
-    return max((held_prefix(text, m) for m in markers), default=0)
+    best = 0
+    for m in markers:
+        k = held_prefix(text, m)
+        if k > best:
+            best = k
+    return best
 
 
 def find_first(text: str, markers: tuple[str, ...], start: int = 0) -> tuple[int, str]:

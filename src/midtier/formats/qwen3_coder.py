@@ -36,6 +36,7 @@ from midtier.formats.base import (
     Markers,
     Parsed,
     ParsedCall,
+    Run,
     block_body,
     find_first,
     held_any,
@@ -114,33 +115,37 @@ class Qwen3CoderFormat(ThinkThenCalls):
         content: list[str] = []
 
         def block(i: int, _: str) -> int | None:
-            call, end = self._block(text, i + len(OPEN), partial)
+            call, end, out.run = self._block(text, i + len(OPEN), partial)
             return keep_call(text, i, partial, call, end, content, out.calls)
 
         cut = read_blocks(text, pos, partial, (OPEN,), block, content, out.calls)
         return text_and_blocks(self, out, content, cut, partial)
 
-    def _block(self, text: str, start: int, partial: bool) -> tuple[ParsedCall | None, int | None]:
-        """The call in the block whose body starts at ``start``, and where the block ends."""
+    def _block(self, text: str, start: int, partial: bool) -> tuple[ParsedCall | None, int | None, Run | None]:
+        """The call in the block whose body starts at ``start``, where the block ends, and
+        the run (see ``Run``) a partial parse ends in, if it does."""
         j = skip_ws(text, start)
         if text.startswith(FUNCTION, j):
-            return self._function(text, j + len(FUNCTION), partial)
+            call, end, run = self._function(text, j + len(FUNCTION), partial)
+            return call, end, run if partial and end is None else None
         body, end = block_body(text, start, partial, CLOSE)
         if text.startswith("{", j):
             # the Hermes JSON shape, which these models sometimes fall back to
-            return read_json_call(body, end is not None or not partial), end
+            return read_json_call(body, end is not None or not partial), end, None
         if partial and end is None and FUNCTION.startswith(text[j:]):
-            return None, None  # undecided yet
-        return None, end
+            # undecided yet: nothing changes until the function tag, a brace or the close tag
+            return None, None, Run("silent", (FUNCTION, CLOSE), stops="{") if j == len(text) else None
+        return None, end, None
 
-    def _function(self, text: str, start: int, partial: bool) -> tuple[ParsedCall | None, int | None]:
+    def _function(self, text: str, start: int, partial: bool) -> tuple[ParsedCall | None, int | None, Run | None]:
         gt = text.find(">", start)
         name = text[start: gt if gt >= 0 else len(text)]
         if _BAD_NAME.search(name) or (gt >= 0 and not name):
             close = text.find(CLOSE, start)
-            return None, (close + len(CLOSE) if close >= 0 else None)
+            return None, (close + len(CLOSE) if close >= 0 else None), Run("silent", (CLOSE,))
         if gt < 0:
-            return None, None  # the name is still arriving (or was cut: not a call)
+            # the name is still arriving (or was cut: not a call)
+            return None, None, Run("silent", (CLOSE,), stops=">")
         tool = self.tools.get(name)
         args = _Arguments(tool)
         p = gt + 1
@@ -155,19 +160,21 @@ class Qwen3CoderFormat(ThinkThenCalls):
                 args.closed = True
                 q = skip_ws(text, p + len(FUNCTION_END))
                 if text.startswith(CLOSE, q):
-                    return args.call(name, True), q + len(CLOSE)
+                    return args.call(name, True), q + len(CLOSE), None
                 if partial and CLOSE.startswith(text[q:]):
-                    return args.call(name, True), None  # </tool_call> may be arriving
-                return args.call(name, True), p + len(FUNCTION_END)
+                    return args.call(name, True), None, None  # </tool_call> may be arriving
+                return args.call(name, True), p + len(FUNCTION_END), None
             elif text.startswith(CLOSE, p) or text.startswith(OPEN, p):
                 args.closed = True  # a call the model did not close properly
-                return args.call(name, True), p + (len(CLOSE) if text.startswith(CLOSE, p) else 0)
+                return args.call(name, True), p + (len(CLOSE) if text.startswith(CLOSE, p) else 0), None
             elif p >= len(text) or (partial and any(t.startswith(text[p:]) for t in _BODY_TAGS)):
+                if p >= len(text):  # between parameters: nothing changes until a tag
+                    args.run = Run("silent", _BODY_TAGS)
                 break
             else:
                 nxt = text.find("<", p + 1)  # skip what is not a tag
                 p = nxt if nxt >= 0 else len(text)
-        return args.call(name, not partial), None
+        return args.call(name, not partial), None, args.run
 
 
 @dataclass
@@ -179,6 +186,7 @@ class _Arguments:
     keys: set[str] = field(default_factory=set)
     pending: str = ""  # a string parameter still arriving: its JSON text so far
     closed: bool = False
+    run: Run | None = None  # the run (see ``Run``) the text ends in, if it does
 
     def call(self, name: str, done: bool) -> ParsedCall:
         parts = list(self.items)
@@ -194,6 +202,7 @@ class _Arguments:
         if _BAD_NAME.search(key) or (gt >= 0 and not key):
             return start  # not a parameter tag: skip it
         if gt < 0:
+            self.run = Run("silent", _BODY_TAGS, stops=">")  # the key is arriving
             return None
         v = gt + 1
         if v >= len(text):
@@ -203,13 +212,19 @@ class _Arguments:
         end, marker = find_first(text, _VALUE_ENDS, v)
         duplicate = key in self.keys
         if end < 0:
+            value = text[v:]
+            held = held_any(value, _VALUE_ENDS)
             if not duplicate and _types(self._schema(key)) == {"string"}:
                 # what may be the start of its end tag is held back, even when the output was
                 # cut there: a truncated value is the text before it
-                value = text[v:]
-                value = value[: len(value) - held_any(value, _VALUE_ENDS)]
-                value = value[:-1] if value.endswith("\n") else value
+                value = value[: len(value) - held]
+                newline = value.endswith("\n")
+                value = value[:-1] if newline else value
                 self.pending = f"{json.dumps(key)}: {json.dumps(value, ensure_ascii=False)[:-1]}"
+                if not held:  # the value streams as it comes
+                    self.run = Run("args", _VALUE_ENDS, escape=True, newline=True, held="\n" if newline else "")
+            elif not held:  # a value shown once it is whole
+                self.run = Run("silent", _VALUE_ENDS)
             return None
         raw = text[v:end]
         raw = raw[:-1] if raw.endswith("\n") else raw
