@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Any, cast
 
 import httpx
+import openai
 import pytest
 from openai.types.responses import ResponseFunctionWebSearch
 from openai.types.responses.response_output_text import AnnotationURLCitation
 
 from midtier.core.errors import InvalidRequest
 from midtier.core.messages import ToolCall
+from midtier.engines.mock import MockEngine
+from midtier.loop.turn import ServedModel
+from midtier.server import create_app
 from midtier.tools import Toolbox, ToolContext, ToolError, ToolResult, ToolsConfig
 from midtier.tools.web_corpus import CorpusIndex, html_to_page, markdown_to_page, passages, read_corpus
 from midtier.tools.web_search import SearxngProvider, WebSearchTool
@@ -136,8 +140,9 @@ def test_functions_and_browse_setting(tmp_path: Path, corpus: Path) -> None:
 
 def test_registry_gives_both_types_the_same_tool(tmp_path: Path, corpus: Path) -> None:
     box = toolbox(tmp_path, corpus=str(corpus))
-    assert isinstance(box.tool("web_search"), WebSearchTool)
-    assert isinstance(box.tool("web_search_preview"), WebSearchTool)
+    assert isinstance(box.tool("web_search"), WebSearchTool) and box.tool("web_search").type == "web_search"
+    preview = box.tool("web_search_preview")
+    assert isinstance(preview, WebSearchTool) and preview.type == "web_search_preview"
 
 
 def test_search_item_events_output_and_citations(tmp_path: Path, corpus: Path) -> None:
@@ -351,3 +356,44 @@ def test_queries_as_a_small_model_writes_them(tmp_path: Path, corpus: Path) -> N
     assert len(urls) == len(set(urls))
     item, result = run(tool, call("web_search", q="Zorblat"), context(box, {}, []))
     assert item["action"]["query"] == "Zorblat" and "ninth of Brumaire" in result.output
+
+
+# -- through the Responses API, on the mock engine -----------------------------------------------------
+def search_call(query: str) -> str:
+    return "<tool_call>\n" + json.dumps({"name": "web_search", "arguments": {"query": query}}) + "\n</tool_call>"
+
+
+def test_a_response_searches_and_its_answer_cites_the_page(served: ServedModel, engine: MockEngine, tmp_path: Path,
+                                                           corpus: Path) -> None:
+    app = create_app([served], tools=ToolsConfig(settings={"web_search": {"corpus": str(corpus)}}), data_dir=tmp_path)
+    from starlette.testclient import TestClient
+
+    with TestClient(app) as http:
+        client = openai.OpenAI(base_url="http://testserver/v1", api_key="t", http_client=http, max_retries=0)
+        engine.enqueue(search_call("Zorblat festival"), "It is held on the ninth of Brumaire (Kelvara travel notes).")
+        with client.responses.stream(model="mock", input="When is the Zorblat festival?",
+                                     tools=[{"type": "web_search_preview"}],
+                                     tool_choice={"type": "web_search_preview"}) as stream:
+            events = [e.type for e in stream]
+            r = stream.get_final_response()
+        assert [o.type for o in r.output] == ["web_search_call", "message"]
+        search = r.output[0]
+        assert search.type == "web_search_call" and search.status == "completed"
+        assert search.action.type == "search" and search.action.query == "Zorblat festival"
+        start = events.index("response.output_item.added")
+        assert events[start:start + 5] == [
+            "response.output_item.added", "response.web_search_call.in_progress",
+            "response.web_search_call.searching", "response.web_search_call.completed", "response.output_item.done"]
+        assert "ninth of Brumaire" in engine.detokenize(engine.prompts[-1])  # the model read the results
+        message = r.output[1]
+        assert message.type == "message" and message.content[0].type == "output_text"
+        cited = message.content[0].annotations[0]
+        assert cited.type == "url_citation" and cited.url == "https://kelvara.example/notes"
+        text = message.content[0].text
+        assert text[cited.start_index:cited.end_index] == "Kelvara travel notes"  # placed on the title it names
+
+
+def test_a_server_without_a_corpus_refuses_web_search(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match="--web-corpus") as info:
+        client.responses.create(model="mock", input="hi", tools=[{"type": "web_search"}])
+    assert info.value.body["param"] == "tools[0].type"  # type: ignore[index]

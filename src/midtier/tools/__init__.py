@@ -22,7 +22,7 @@ REGISTRY: dict[str, str] = {
     "shell": "midtier.tools.shell:ShellTool",
     "file_search": "midtier.tools.file_search:FileSearchTool",
     "web_search": "midtier.tools.web_search:WebSearchTool",
-    "web_search_preview": "midtier.tools.web_search:WebSearchTool",
+    "web_search_preview": "midtier.tools.web_search:WebSearchPreviewTool",
     "mcp": "midtier.tools.mcp:McpTool",
 }
 

@@ -395,3 +395,10 @@ class WebSearchTool:
             return str(item.get("id")), "Pages found:\n" + "\n".join(f"URL: {u}" for u in sources)
         return str(item.get("id")), "(the results of this earlier web search are no longer available)"
 
+
+
+class WebSearchPreviewTool(WebSearchTool):
+    """The same tool under the request type ``web_search_preview`` (the type the SDK's
+    ``tool_choice`` names), so a choice of either type finds its tool."""
+
+    type: ClassVar[str] = "web_search_preview"
