@@ -96,10 +96,15 @@ def assert_monotone(fmt: Format, text: str) -> None:
 
 
 def fuzz(fmt: Format, fragments: list[str], seed: int, n: int = 150, longest: int = 12) -> None:
-    """``assert_monotone`` on ``n`` outputs of up to ``longest`` random ``fragments``."""
+    """``assert_monotone`` on ``n`` outputs of up to ``longest`` random ``fragments``, each
+    also streamed in random small chunks as it is defined (see ``assert_streams_as_defined``)."""
     rng = random.Random(seed)
     for _ in range(n):
-        assert_monotone(fmt, "".join(rng.choice(fragments) for _ in range(rng.randint(1, longest))))
+        text = "".join(rng.choice(fragments) for _ in range(rng.randint(1, longest)))
+        assert_monotone(fmt, text)
+        sizes = [rng.randint(1, 5) for _ in text]
+        want = events_of(Snapshots(fmt), text, sizes)
+        assert events_of(StreamParser(fmt, make_id=lambda: "call"), text, sizes) == want, (text, sizes)
 
 
 def assert_grammar_accepts(fmt: Format, constrainer: Constrainer, tokenize: Callable[[str], list[int]], text: str,
@@ -265,6 +270,25 @@ class FormatConformance:
         texts.append("\n\n".join(case.text for case in self.cases))
         for k, text in enumerate(texts):
             assert_streams_as_defined(fmt, text, seed=k)
+
+    def test_spliced_outputs_stream_as_defined(self, fmt: Format) -> None:
+        """Outputs spliced from pieces of the cases (cut markers, cut JSON, text between
+        calls) stream as defined under random small chunks."""
+        rng = random.Random(self.key)
+        sources = [case.text for case in self.cases] + self.malformed + self.streams + [PROSE]
+        for _ in range(80):
+            parts = []
+            for _ in range(rng.randint(1, 8)):
+                src = rng.choice(sources)
+                if rng.random() < 0.3:
+                    parts.append(src)
+                    continue
+                a = rng.randrange(len(src))
+                parts.append(src[a:rng.randint(a + 1, min(len(src), a + 40))])
+            text = "".join(parts)
+            sizes = [rng.randint(1, 6) for _ in text]
+            want = events_of(Snapshots(fmt), text, sizes)
+            assert events_of(StreamParser(fmt, make_id=lambda: "call"), text, sizes) == want, (text, sizes)
 
     def test_a_long_answer_is_not_parsed_per_chunk(self, fmt: Format) -> None:
         """Plain text streams in a run: few of its chunks are parsed."""

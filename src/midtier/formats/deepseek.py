@@ -35,14 +35,16 @@ from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from midtier.core.messages import Message, ToolCall, ToolChoice, ToolSpec
-from midtier.formats._json import scan_object, skip_ws
+from midtier.formats._json import open_json, scan_object, skip_ws
 from midtier.formats._reasoning import ThinkThenCalls
 from midtier.formats.base import (
     Markers,
     Parsed,
     ParsedCall,
+    Run,
     empty_content,
     held_prefix,
+    json_args,
     json_schema_lark,
     read_blocks,
     strict_schema,
@@ -98,34 +100,38 @@ class DeepseekFormat(ThinkThenCalls):
         content: list[str] = []
 
         def block(i: int, opener: str) -> int | None:
-            return _section(text, i + len(opener) if opener == CALLS_BEGIN else i, partial, out.calls, content)
+            end, out.run = _section(text, i + len(opener) if opener == CALLS_BEGIN else i, partial, out.calls,
+                                    content)
+            return end
 
         cut = read_blocks(text, pos, partial, _OPENERS, block, content, out.calls)
         return text_and_blocks(self, out, content, cut, partial)
 
 
-def _section(text: str, k: int, partial: bool, calls: list[ParsedCall], content: list[str]) -> int | None:
+def _section(text: str, k: int, partial: bool, calls: list[ParsedCall],
+             content: list[str]) -> tuple[int | None, Run | None]:
     """Read the calls of a section from ``k``; where the text after it starts, or None when
-    the section runs to the end of the output (or may still go on)."""
+    the section runs to the end of the output (or may still go on), and then the run (see
+    ``Run``) a partial parse ends in, if it does."""
     while True:
         k = skip_ws(text, k)
         if text.startswith(CALL_BEGIN, k):
             read = _call(text, k + len(CALL_BEGIN), partial)
             if read.undecided:
-                return None
+                return None, read.run
             if read.call is not None:
                 calls.append(read.call)
             else:  # not a call: what the model wrote stays text
                 content.append(text[k: read.end if read.end is not None else len(text)])
             if read.end is None:
-                return None
+                return None, read.run
             k = read.end
         elif text.startswith(CALLS_END, k):
-            return k + len(CALLS_END)
+            return k + len(CALLS_END), None
         elif k >= len(text) or (partial and any(m.startswith(text[k:]) for m in (CALL_BEGIN, CALLS_END))):
-            return None
+            return None, None
         else:
-            return k  # the section ended without its end token: the rest is text
+            return k, None  # the section ended without its end token: the rest is text
 
 
 @dataclass
@@ -133,6 +139,7 @@ class _Read:
     call: ParsedCall | None
     end: int | None  # one past <｜tool▁call▁end｜>; None while the call is open
     undecided: bool = False
+    run: Run | None = None  # while the call is open in a partial parse: the run it ends in, if any
 
 
 def _call(text: str, start: int, partial: bool) -> _Read:
@@ -143,9 +150,12 @@ def _call(text: str, start: int, partial: bool) -> _Read:
     limit = close if close >= 0 else len(text)
     if not final:
         limit -= held_prefix(text[start:limit], CALL_END)
+    # a partial parse whose call runs on to the end of the text, nothing held back, ends in
+    # a run: nothing changes until the end tag, or until what ``stops`` it
+    at_end = not final and limit == len(text)
     sep = text.find(SEP, start, limit)
     if sep < 0:
-        return _Read(None, end) if final else _Read(None, None, undecided=True)
+        return _Read(None, end) if final else _Read(None, None, True, _silent((SEP,)) if at_end else None)
     head = text[start:sep].strip()
     a = skip_ws(text, sep + len(SEP))
     if a >= limit:
@@ -158,28 +168,41 @@ def _call(text: str, start: int, partial: bool) -> _Read:
     else:  # V3: TYPE<sep>NAME\n```json\n{...}\n```
         line = _NAME_END.search(text, a, limit)
         if line is None and end is None:  # the name is not known to be whole
-            return _Read(None, None) if final else _Read(None, None, undecided=True)
+            return _Read(None, None) if final else _Read(None, None, True, _silent((), "\n`{") if at_end else None)
         name_end = line.start() if line else limit
         name = text[a:name_end].strip()
         args_at = text.find("{", name_end, limit)
     if not _NAME.fullmatch(name):  # not a call; held back like one until it ends
-        return _Read(None, end) if final else _Read(None, None, undecided=True)
-    args = _arguments(text[:limit], args_at, final)
-    return _Read(ParsedCall(name, args or ("{}" if end else ""), done=final), end)
+        return _Read(None, end) if final else _Read(None, None, True, _silent(()) if at_end else None)
+    args, run = _arguments(text[:limit], args_at, final)
+    call = ParsedCall(name, args or ("{}" if end else ""), done=final)
+    if args_at < 0:
+        run = _silent((), "{")  # the arguments have not started
+    return _Read(call, end, run=run if at_end else None)
 
 
-def _arguments(text: str, at: int, final: bool) -> str:
+def _silent(markers: tuple[str, ...], stops: str = "") -> Run:
+    return Run("silent", (*markers, CALL_END), stops)
+
+
+def _arguments(text: str, at: int, final: bool) -> tuple[str, Run | None]:
     """The JSON object's text at ``at``, as far as it is there and well formed. Until it is
     ``final`` it only grows: a key or a bare value still arriving is held back until it is
-    known to be JSON, since once the JSON breaks the text stops where it broke."""
+    known to be JSON, since once the JSON breaks the text stops where it broke. Then the
+    run (see ``Run``) of a partial parse: shown as written inside strings and nested values
+    (which only a string, or a nested value, ending would end), silent once whole."""
     if at < 0:
-        return ""
+        return "", None
     scan = scan_object(text, at)
     if scan.end is not None:
-        return text[at:scan.end]
+        return text[at:scan.end], _silent(())
     if scan.error is not None:
-        return text[at:scan.error]
-    return text[at: scan.pending if scan.pending is not None and not final else len(text)]
+        return text[at:scan.error], _silent(())
+    if scan.pending is not None and not final:
+        return text[at:scan.pending], None
+    state = None if final else open_json(text, at)
+    run = json_args(state, (CALL_END,), floor=2) if state is not None and (state[1] or state[0] >= 2) else None
+    return text[at:], run
 
 
 # -- the templates that write arguments as text and leave the tools out ---------------------------

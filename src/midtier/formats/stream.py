@@ -201,9 +201,11 @@ class StreamParser:
             take = self._take_args
         else:
             take = self._take_silent
+        self._longest = max(map(len, run.markers), default=0)
+        if run.markers and held_any(self._recent(self._longest - 1), run.markers):
+            return  # the text ends with a start of a marker: the run starts after it
         self._run, self._take = run, take
         self._hits = _finder({*run.stops, *(m[0] for m in run.markers)})
-        self._longest = max(map(len, run.markers), default=0)
         self._json = (run.depth, run.string, run.escaped)
         self._held = run.held
 
