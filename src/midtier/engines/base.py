@@ -74,6 +74,9 @@ class GenerateOptions:
     constraint: LogitsConstraint | None = None
     logprobs: int | None = None  # None: none; N: each token's logprob and the N most likely tokens
     prompt_logprobs: bool = False  # the prompt tokens' logprobs too (with ``logprobs`` of them on top)
+    # the Lark source of ``constraint``, for an engine that constrains elsewhere (engines.token
+    # sends it to its upstream); engines that apply ``constraint`` themselves ignore it
+    grammar: str | None = None
 
 
 @runtime_checkable

@@ -46,8 +46,12 @@ def _silence_llama_logs() -> None:
 
 
 class LlamaCppEngine:
+    """``vocab_only``: load the tokenizer and metadata but no weights and no context (a
+    tokenizer and chat template for a model that runs elsewhere); such an engine cannot generate."""
+
     def __init__(self, model_path: str | Path, *, name: str | None = None, n_ctx: int | None = None,
-                 n_threads: int | None = None, n_batch: int = 512, extra_buffers: bool = True) -> None:
+                 n_threads: int | None = None, n_batch: int = 512, extra_buffers: bool = True,
+                 vocab_only: bool = False) -> None:
         _silence_llama_logs()
         llc.llama_backend_init()
         path = Path(model_path)
@@ -57,12 +61,28 @@ class LlamaCppEngine:
         mparams = llc.llama_model_default_params()
         # weight repacking into extra buffer types (AMX among them) can be turned off
         mparams.use_extra_bufts = extra_buffers
+        mparams.vocab_only = vocab_only
         self._model = llc.llama_model_load_from_file(str(path).encode(), mparams)
         if not self._model:
             raise EngineError(f"llama.cpp could not load {path}")
         self._vocab = llc.llama_model_get_vocab(self._model)
         self.n_vocab = llc.llama_vocab_n_tokens(self._vocab)
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.chat_template = self._meta("tokenizer.chat_template")
+        self.bos_token = self._piece(llc.llama_vocab_bos(self._vocab)) if llc.llama_vocab_bos(self._vocab) >= 0 else ""
+        self.eos_token = self._piece(llc.llama_vocab_eos(self._vocab)) if llc.llama_vocab_eos(self._vocab) >= 0 else ""
+        self.add_bos = bool(llc.llama_vocab_get_add_bos(self._vocab))
+        self._spec: TokenizerSpec | None = None
+        self._ctx: Any = None
+        self._lock = asyncio.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        if vocab_only:
+            # no hyperparameters are loaded: the trained context comes from the metadata
+            self.train_context_length = int(self._meta(f"{self._meta('general.architecture')}.context_length") or 0)
+            self.context_length = n_ctx or self.train_context_length or 4096
+            return
         train_ctx = llc.llama_model_n_ctx_train(self._model)
+        self.train_context_length = train_ctx
         self.context_length = min(n_ctx or 16384, train_ctx) if train_ctx > 0 else (n_ctx or 4096)
         threads = n_threads or max(1, os.cpu_count() or 1)
         cparams = llc.llama_context_default_params()
@@ -78,14 +98,6 @@ class LlamaCppEngine:
         self._n_batch = n_batch
         self._mem = llc.llama_get_memory(self._ctx)
         self._cached: list[int] = []  # the tokens whose keys and values are in the cache
-        self._lock = asyncio.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
-        self._spec: TokenizerSpec | None = None
-        self._piece_buf = ctypes.create_string_buffer(256)
-        self.chat_template = self._meta("tokenizer.chat_template")
-        self.bos_token = self._piece(llc.llama_vocab_bos(self._vocab)) if llc.llama_vocab_bos(self._vocab) >= 0 else ""
-        self.eos_token = self._piece(llc.llama_vocab_eos(self._vocab)) if llc.llama_vocab_eos(self._vocab) >= 0 else ""
-        self.add_bos = bool(llc.llama_vocab_get_add_bos(self._vocab))
 
     # -- metadata and tokens ---------------------------------------------------------------
     def _meta(self, key: str) -> str | None:
@@ -154,6 +166,8 @@ class LlamaCppEngine:
 
     # -- generation ------------------------------------------------------------------------
     async def generate(self, prompt: list[int], options: GenerateOptions) -> AsyncGenerator[GenChunk, None]:
+        if self._ctx is None:
+            raise EngineError(f"{self.name} was loaded for its vocabulary only: it cannot generate")
         if len(prompt) >= self.context_length:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {self.context_length} tokens, but the prompt has "

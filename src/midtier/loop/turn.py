@@ -184,7 +184,7 @@ class ServedModel:
         while True:
             trace.grammar = grammar
             constraint = self.constrainer.start(grammar, conv.tools) if grammar is not None else None
-            options = GenerateOptions(conv.sampling, max_tokens, constraint)
+            options = GenerateOptions(conv.sampling, max_tokens, constraint, grammar=grammar)
             probe = "" if steering else None
             restart: str | None = None
             generated = 0

@@ -201,7 +201,7 @@ async def _pieces(model: ServedModel, req: CompletionRequest, prompts: list[_Pro
             presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0)
         constraint = model.constrainer.start(grammar) if grammar is not None else None
         options = GenerateOptions(sampling, max_tokens, constraint, logprobs=req.logprobs,
-                                  prompt_logprobs=bool(req.echo) and req.logprobs is not None)
+                                  prompt_logprobs=bool(req.echo) and req.logprobs is not None, grammar=grammar)
         gen = complete(model.engine, p.ids, options, stop, echo=p.text if req.echo else None)
         try:
             async for piece in gen:
