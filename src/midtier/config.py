@@ -35,6 +35,7 @@ else:  # pragma: no cover
 ENGINES: dict[str, str] = {
     "llama_cpp": "midtier.loop.load:LlamaCppSettings",
     "openai_chat": "midtier.loop.upstream:OpenAIChatSettings",
+    "token": "midtier.loop.load:TokenSettings",
 }
 
 

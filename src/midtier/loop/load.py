@@ -89,3 +89,52 @@ class LlamaCppSettings(BaseModel):
         return load_model(path, name, format_key=self.format, fallback_format=catalog_format,
                           n_ctx=self.n_ctx or n_ctx, n_threads=self.threads)
 
+
+class TokenSettings(BaseModel):
+    """A ``[models.NAME]`` table with ``engine = "token"``: a vLLM, SGLang or midtier server driven
+    through ``/v1/completions`` with token ids; midtier renders, constrains and parses with the
+    vocabulary and chat template of ``tokenizer`` (see docs/config.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine: Literal["token"] = "token"
+    base_url: str = Field(description="the upstream's OpenAI base URL, e.g. http://127.0.0.1:8000/v1")
+    tokenizer: str = Field(description="a catalog key or a GGUF file of the upstream's model: its vocabulary "
+                                       "and chat template (the weights are not loaded)")
+    upstream_model: str | None = Field(None, description="the model name the upstream knows (default: NAME)")
+    dialect: Literal["vllm", "sglang", "midtier"] = "vllm"
+    format: str | None = Field(None, description="the tool-call format instead of the catalog's or detected one")
+    context_length: int | None = Field(None, gt=0, description="default: the GGUF's trained context")
+    api_key: str | None = None
+    api_key_env: str | None = Field(None, description="the environment variable holding the API key")
+    headers: dict[str, str] = Field(default_factory=dict)
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(600.0, gt=0, description="longest silence between two bytes of a response")
+    max_retries: int = Field(2, ge=0, description="retries of failures that generated nothing")
+    retry_backoff: float = Field(0.5, ge=0, description="seconds before the first retry; doubles each time")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="merged into every request body")
+
+    def build(self, name: str) -> ServedModel:
+        import os
+
+        from midtier.engines.llama_cpp import LlamaCppEngine
+        from midtier.engines.openai_chat import Timeouts
+        from midtier.engines.token import TokenEngine
+
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        if self.api_key is not None and self.api_key_env is not None:
+            raise ValueError("set api_key or api_key_env, not both")
+        api_key = self.api_key
+        if self.api_key_env is not None:
+            api_key = os.environ.get(self.api_key_env)
+            if not api_key:
+                raise ValueError(f"api_key_env: the environment variable {self.api_key_env} is not set")
+        path, _, _, catalog_format = resolve_model(self.tokenizer)
+        vocab = LlamaCppEngine(path, name=name, n_ctx=self.context_length, vocab_only=True)
+        engine = TokenEngine(self.base_url, vocab, name=name, upstream_model=self.upstream_model,
+                             dialect=self.dialect, api_key=api_key, headers=self.headers,
+                             timeouts=Timeouts(connect=self.connect_timeout, read=self.read_timeout),
+                             max_retries=self.max_retries, retry_backoff=self.retry_backoff,
+                             context_length=self.context_length, extra_body=self.extra_body)
+        return serve_engine(name, engine, self.format, catalog_format)
