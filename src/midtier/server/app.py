@@ -165,8 +165,13 @@ def create_app(models: list[Served], store: Store | None = None, tools: ToolsCon
     the default store is opened when a request first needs it. ``tools`` says which built-in
     tools run (all by default); their files (containers, indexes) live under ``data_dir``
     (default: the store's data folder)."""
-    from midtier.server import completions, responses  # they import this module's helpers
-    from midtier.server import files, vector_stores
+    from midtier.server import (  # they import this module's helpers
+        completions,
+        containers,
+        files,
+        responses,
+        vector_stores,
+    )
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -176,6 +181,7 @@ def create_app(models: list[Served], store: Store | None = None, tools: ToolsCon
         *responses.routes(),
         *completions.routes(),
         *files.routes(), *vector_stores.routes(),
+        *containers.routes(),
     ]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

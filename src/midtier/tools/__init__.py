@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 REGISTRY: dict[str, str] = {
     "code_interpreter": "midtier.tools.code_interpreter:CodeInterpreterTool",
     "shell": "midtier.tools.shell:ShellTool",
+    "local_shell": "midtier.tools.shell:LocalShellTool",
     "file_search": "midtier.tools.file_search:FileSearchTool",
     "web_search": "midtier.tools.web_search:WebSearchTool",
     "web_search_preview": "midtier.tools.web_search:WebSearchPreviewTool",

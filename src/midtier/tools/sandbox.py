@@ -196,8 +196,7 @@ class SubprocessSandbox:
         except asyncio.CancelledError:
             job.cancelled = True
             if job.worker is not None:  # the code is running: stop it now; the thread sees the pipe close
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(job.worker.proc.pid, signal.SIGKILL)
+                _signal(job.worker)
             raise
 
     def _roundtrip(self, job: _Job) -> tuple[dict[str, Any], bool]:
@@ -300,10 +299,14 @@ class SubprocessSandbox:
     def _kill(self, worker: _Worker | None, why: str) -> None:
         if worker is None or worker.proc.returncode is not None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(worker.proc.pid, signal.SIGKILL)  # its session: the launcher, and pid 1 with it
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        _signal(worker)
+        try:
             worker.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(worker.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.proc.wait(timeout=5)
         for pipe in (worker.proc.stdin, worker.proc.stdout):
             with contextlib.suppress(OSError):
                 if pipe is not None:
@@ -327,3 +330,34 @@ class SubprocessSandbox:
                 self._kill(worker, "closed")
                 self._lost = "it was closed while idle"
 
+
+def _signal(worker: _Worker) -> None:
+    """SIGKILL a worker without waiting. Under namespaces, pid 1 (the launcher's child) dies: the
+    kernel kills the rest of its pid namespace and the launcher, which reaps it, exits (killing the
+    launcher first would leave pid 1 to an init that may never reap it). Otherwise its session."""
+    pid = worker.proc.pid
+    targets = _children(pid) if worker.isolation == "namespaces" else []
+    for child in targets:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(child, signal.SIGKILL)
+    if not targets:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except (OSError, ValueError):
+        pass
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found

@@ -403,16 +403,24 @@ class Worker:
         if os.getpid() == 1:  # pid 1 of our own pid namespace: -1 is every other process in it
             with contextlib.suppress(ProcessLookupError):
                 os.kill(-1, signal.SIGKILL)
-        else:
-            session = os.getsid(0)
+        else:  # our descendants (orphans come back to us: we are a subreaper) and our session
+            session, parents = os.getsid(0), {}
             for name in os.listdir("/proc"):
                 try:
-                    if name.isdigit() and int(name) != self.pid and os.getsid(int(name)) == session:
-                        os.kill(int(name), signal.SIGKILL)
-                except OSError:
+                    with open(f"/proc/{name}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                    parents[int(name)] = int(fields[1])
+                except (OSError, ValueError, IndexError):
                     continue
+            for pid in parents:
+                ancestor, hops = parents.get(pid), 0
+                while ancestor not in (None, 0, 1, self.pid) and hops < 64:
+                    ancestor, hops = parents.get(ancestor), hops + 1
+                with contextlib.suppress(OSError):
+                    if pid != self.pid and (ancestor == self.pid or os.getsid(pid) == session):
+                        os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 2
-        while time.monotonic() < deadline:  # reap them (a process that left the session is not waited for)
+        while time.monotonic() < deadline:  # reap them (a process that left for another parent is not ours)
             try:
                 if os.waitpid(-1, os.WNOHANG)[0] == 0:
                     time.sleep(0.01)
