@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from midtier.core.messages import ToolSpec
-from midtier.formats.base import Format, Markers, held_prefix, json_schema_lark
+from midtier.formats.base import Format, Markers, Run, held_prefix, json_schema_lark
 
 T = TypeVar("T", bound="TypedValues")
 
@@ -102,6 +102,12 @@ def read_value(body: str, start: int, close: str, schema: dict[str, Any] | None,
     if is_string(schema):
         return partial_string(raw[: len(raw) - held_prefix(raw, close)]), None
     return None, None
+
+
+def value_run(schema: dict[str, Any] | None, markers: tuple[str, ...]) -> Run:
+    """The run (see ``Run``) of a value still arriving that ``markers`` end (its close tag
+    first, see ``read_value``): a string streams, escaped; anything else shows once whole."""
+    return Run("args", markers, escape=True) if is_string(schema) else Run("silent", markers)
 
 
 def tool_properties(tools: list[ToolSpec]) -> dict[str, dict[str, Any]]:

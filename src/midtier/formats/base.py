@@ -26,7 +26,7 @@ from midtier.core.events import (
     ToolCallStart,
 )
 from midtier.core.messages import Message, ResponseFormat, ToolChoice, ToolSpec, new_id
-from midtier.formats._json import JsonState, scan_object, skip_ws
+from midtier.formats._json import Field, JsonState, open_json, scan_object, skip_ws
 
 if TYPE_CHECKING:
     from midtier.templates import ChatTemplate
@@ -127,6 +127,19 @@ class Run:
     newline: bool = False
     held: str = ""
     rstrip: bool = False
+
+
+def object_run(text: str, start: int, field: Field | None, markers: tuple[str, ...]) -> Run | None:
+    """The run of a partial parse that ends inside the JSON object at ``text[start]``, a call
+    written as JSON whose arguments (``field``) are shown as written: inside the arguments
+    (an object or a list) they stream; inside a string of the object itself nothing changes
+    until it ends (a string being the arguments counts once whole)."""
+    if field is not None and field.end is None and field.start >= 0 and text[field.start] in "{[":
+        return json_args(open_json(text, field.start), markers)
+    state = open_json(text, start)
+    if state is not None and state[0] == 1 and state[1]:
+        return Run("silent", markers, json=2, depth=1, string=True, escaped=state[2])
+    return None
 
 
 def json_args(state: JsonState | None, markers: tuple[str, ...], floor: int = 1) -> Run | None:

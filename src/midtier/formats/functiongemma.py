@@ -20,11 +20,12 @@ from typing import Any, ClassVar
 
 from midtier.core.messages import Message, ResponseFormat, ToolChoice, ToolSpec
 from midtier.formats._json import skip_ws
-from midtier.formats._xml import NAME, TypedValues, is_string, read_value, value_lark
+from midtier.formats._xml import NAME, TypedValues, is_string, read_value, value_lark, value_run
 from midtier.formats.base import (
     Markers,
     Parsed,
     ParsedCall,
+    Run,
     answer_rule,
     block_body,
     free_text,
@@ -177,45 +178,56 @@ class FunctiongemmaFormat(TypedValues):
 
         def block(i: int, _: str) -> int | None:
             body, end = block_body(text, i + len(OPEN), partial, CLOSE)
-            call = self._read_call(body, end is not None)
+            call, run = self._read_call(body, end is not None)
             if call is not None:
                 call.done = end is not None or not partial
+            if partial and end is None and i + len(OPEN) + len(body) == len(text):
+                out.run = run
             return keep_call(text, i, partial, call, end, content, out.calls)
 
         cut = read_blocks(text, 0, partial, (OPEN,), block, content, out.calls)
         return text_and_blocks(self, out, content, cut, partial)
 
-    def _read_call(self, body: str, closed: bool) -> ParsedCall | None:
+    def _read_call(self, body: str, closed: bool) -> tuple[ParsedCall | None, Run | None]:
+        """The call in one block's body (None: not one, or not yet), and the run (see
+        ``Run``) an open block ends in, if it does."""
         s = skip_ws(body, 0)
         if body.startswith("call:", s):
             s += len("call:")
         brace = body.find("{", s)
         if brace < 0:
             name = body[s:].strip()
-            return ParsedCall(name, "{}") if closed and NAME.fullmatch(name) else None
+            # the name is arriving (once "call:" is whole: it is held back till then)
+            run = Run("silent", (CLOSE,), stops="{") if s > 0 and body[:s].strip().startswith("call:") else None
+            return (ParsedCall(name, "{}") if closed and NAME.fullmatch(name) else None), run
         name = body[s:brace].strip()
         if not NAME.fullmatch(name):
-            return None
-        members, ended = _members(body, brace + 1, self.properties.get(name, {}), closed)
-        return ParsedCall(name, "{" + members + ("}" if ended or closed else ""))
+            return None, _SILENT
+        members, ended, run = _members(body, brace + 1, self.properties.get(name, {}), closed)
+        return ParsedCall(name, "{" + members + ("}" if ended or closed else "")), _SILENT if ended else run
 
 
-def _members(body: str, pos: int, props: dict[str, dict[str, Any]], closed: bool) -> tuple[str, bool]:
-    """The JSON members of the arguments from ``pos`` as far as they are known, and whether
-    their closing brace has come."""
+_SILENT = Run("silent", (CLOSE,))  # nothing changes until the block ends
+
+
+def _members(body: str, pos: int, props: dict[str, dict[str, Any]],
+             closed: bool) -> tuple[str, bool, Run | None]:
+    """The JSON members of the arguments from ``pos`` as far as they are known, whether
+    their closing brace has come, and the run (see ``Run``) the body ends in, if it does:
+    inside an escaped value."""
     parts: list[str] = []
     while True:
         pos = skip_ws(body, pos)
         if body.startswith(",", pos):
             pos = skip_ws(body, pos + 1)
         if body.startswith("}", pos):
-            return "".join(parts), True
+            return "".join(parts), True, None
         colon = body.find(":", pos)
         if colon < 0:
-            return "".join(parts), False
+            return "".join(parts), False, None
         key = body[pos:colon].strip().strip("\"'")
         if not NAME.fullmatch(key):
-            return "".join(parts), False  # not a key: stop reading here
+            return "".join(parts), False, _SILENT  # not a key: stop reading here
         member = (", " if parts else "") + json.dumps(key, ensure_ascii=False) + ": "
         v = skip_ws(body, colon + 1)
         schema = props.get(key)
@@ -224,12 +236,12 @@ def _members(body: str, pos: int, props: dict[str, dict[str, Any]], closed: bool
             if value is not None:
                 parts.append(member + value)
             if end is None:
-                return "".join(parts), False
+                return "".join(parts), False, value_run(schema, (ESC, CLOSE))
             pos = end
             continue
         got = _bare(body, v, ",}")
         if got is None:
-            return "".join(parts), False
+            return "".join(parts), False, None
         value, pos = got
         parts.append(member + (typed(value, schema) if isinstance(value, str) else json.dumps(value,
                                                                                               ensure_ascii=False)))

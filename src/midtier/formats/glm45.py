@@ -25,11 +25,12 @@ from typing import Any, ClassVar
 from midtier.core.messages import Message, ResponseFormat, ToolChoice, ToolSpec
 from midtier.formats._json import skip_ws
 from midtier.formats._reasoning import ReasoningFormat, thinking_after
-from midtier.formats._xml import NAME, TypedValues, read_value, value_rules
+from midtier.formats._xml import NAME, TypedValues, read_value, value_rules, value_run
 from midtier.formats.base import (
     Markers,
     Parsed,
     ParsedCall,
+    Run,
     answer_rule,
     block_body,
     empty_content,
@@ -104,43 +105,51 @@ class Glm45Format(ReasoningFormat, TypedValues):
         def block(i: int, _: str) -> int | None:
             body, end = block_body(text, i + len(OPEN), partial, CLOSE)
             closed = end is not None
-            return keep_call(text, i, partial, self._read_call(body, closed, closed or not partial), end, content,
-                             out.calls)
+            call, run = self._read_call(body, closed, closed or not partial)
+            if partial and not closed and i + len(OPEN) + len(body) == len(text):
+                out.run = run
+            return keep_call(text, i, partial, call, end, content, out.calls)
 
         cut = read_blocks(text, pos, partial, (OPEN,), block, content, out.calls)
         return text_and_blocks(self, out, content, cut, partial)
 
-    def _read_call(self, body: str, closed: bool, final: bool) -> ParsedCall | None:
-        """The call in one block's body; None while its name is unknown (or if it has none)."""
+    def _read_call(self, body: str, closed: bool, final: bool) -> tuple[ParsedCall | None, Run | None]:
+        """The call in one block's body; None while its name is unknown (or if it has none).
+        Then the run (see ``Run``) an open block ends in, if it does."""
         m = re.search(r"[\n<]", body)
         if m is None and not closed:
-            return None  # the name may go on
+            return None, _NAME_RUN  # the name may go on
         name = body[: m.start() if m else len(body)].strip()
         if not NAME.fullmatch(name):
-            return None
+            return None, _SILENT
         props = self.properties.get(name, {})
-        args = "{" + _pairs(body, m.start() if m else len(body), props, closed) + ("}" if closed else "")
-        return ParsedCall(name=name, arguments=args, done=final)
+        pairs, run = _pairs(body, m.start() if m else len(body), props, closed)
+        return ParsedCall(name=name, arguments="{" + pairs + ("}" if closed else ""), done=final), run
 
 
-def _pairs(body: str, pos: int, props: dict[str, dict[str, Any]], closed: bool) -> str:
-    """The JSON members for the key/value tags of ``body`` from ``pos``, as far as they are known."""
+_SILENT = Run("silent", (CLOSE,))  # nothing changes until the block ends
+_NAME_RUN = Run("silent", (CLOSE,), stops="\n<")
+
+
+def _pairs(body: str, pos: int, props: dict[str, dict[str, Any]], closed: bool) -> tuple[str, Run | None]:
+    """The JSON members for the key/value tags of ``body`` from ``pos``, as far as they are
+    known, and the run (see ``Run``) the body ends in: in a value, or waiting for a tag."""
     parts: list[str] = []
     while True:
         pos = skip_ws(body, pos)
         if not body.startswith(KEY_OPEN, pos):
-            break  # the end, a tag still arriving, or something that is not a pair: stop here
+            # the end, a tag still arriving, or something that is not a pair: stop here
+            return "".join(parts), Run("silent", (KEY_OPEN, CLOSE))
         k_end = body.find(KEY_CLOSE, pos)
         if k_end < 0:
-            break
+            return "".join(parts), Run("silent", (KEY_CLOSE, CLOSE))
         key = body[pos + len(KEY_OPEN):k_end].strip()
         v = skip_ws(body, k_end + len(KEY_CLOSE))
         if not body.startswith(VALUE_OPEN, v):
-            break
+            return "".join(parts), Run("silent", (VALUE_OPEN, CLOSE))
         value, end = read_value(body, v + len(VALUE_OPEN), VALUE_CLOSE, props.get(key), closed)
         if value is not None:
             parts.append((", " if parts else "") + json.dumps(key, ensure_ascii=False) + ": " + value)
         if end is None:
-            break
+            return "".join(parts), value_run(props.get(key), (VALUE_CLOSE, CLOSE))
         pos = end
-    return "".join(parts)

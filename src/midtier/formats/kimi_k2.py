@@ -19,15 +19,17 @@ from dataclasses import replace
 from typing import ClassVar
 
 from midtier.core.messages import Message, ResponseFormat, ToolChoice, ToolSpec, new_id
-from midtier.formats._json import skip_ws, unwrapped, value_end
+from midtier.formats._json import open_json, skip_ws, unwrapped, value_end
 from midtier.formats._reasoning import ReasoningFormat, thinking_after
 from midtier.formats.base import (
     Markers,
     Parsed,
     ParsedCall,
+    Run,
     answer_rule,
     find_first,
     held_prefix,
+    json_args,
     json_schema_lark,
     lark,
     read_blocks,
@@ -132,47 +134,57 @@ class KimiK2Format(ReasoningFormat):
 
         def block(i: int, opener: str) -> int | None:
             if opener == CALL_BEGIN:  # a call without its section
-                return _read_call(text, i, partial, out.calls, self.calls_before)
-            return _read_section(text, i + len(opener), partial, out.calls, self.calls_before)
+                end, run = _read_call(text, i, partial, out.calls, self.calls_before)
+            else:
+                end, run = _read_section(text, i + len(opener), partial, out.calls, self.calls_before)
+            out.run = run if partial and end is None else None
+            return end
 
         cut = read_blocks(text, pos, partial, _OPENERS, block, content, out.calls)
         return text_and_blocks(self, out, content, cut, partial, calls_before=self.calls_before + cut[2])
 
 
-def _read_section(text: str, pos: int, partial: bool, calls: list[ParsedCall], before: int = 0) -> int | None:
+def _read_section(text: str, pos: int, partial: bool, calls: list[ParsedCall],
+                  before: int = 0) -> tuple[int | None, Run | None]:
     """Read the calls of a section whose body starts at ``pos``; where text resumes after
-    its end (None: the section runs to the end of ``text``, or is still undecided)."""
+    its end (None: the section runs to the end of ``text``, or is still undecided), and
+    then the run (see ``Run``) a partial parse ends in, if it does."""
     while True:
         pos = skip_ws(text, pos)
         if text.startswith(CALL_BEGIN, pos):
-            nxt = _read_call(text, pos, partial, calls, before)
+            nxt, run = _read_call(text, pos, partial, calls, before)
             if nxt is None:
-                return None
+                return None, run
             pos = nxt
             continue
         for end in _SECTION_ENDS:
             if text.startswith(end, pos):
-                return pos + len(end)
+                return pos + len(end), None
         # anything else inside a section is noise: skip to the next call or the end
         j, _ = find_first(text, (CALL_BEGIN, *_SECTION_ENDS), pos + 1)
         if j < 0:
-            return None
+            return None, None
         pos = j
 
 
-def _read_call(text: str, pos: int, partial: bool, calls: list[ParsedCall], before: int = 0) -> int | None:
+_SILENT = Run("silent", (CALL_END,))  # nothing changes until the call's end
+
+
+def _read_call(text: str, pos: int, partial: bool, calls: list[ParsedCall],
+               before: int = 0) -> tuple[int | None, Run | None]:
     """Read the call whose ``<|tool_call_begin|>`` is at ``pos`` into ``calls``; where text
-    resumes after it (None: the call runs to the end of ``text``). ``before``: how many calls
-    came before ``calls`` (a resumed parse)."""
+    resumes after it (None: the call runs to the end of ``text``), and then the run (see
+    ``Run``) a partial parse ends in, if it does. ``before``: how many calls came before
+    ``calls`` (a resumed parse)."""
     id_start = pos + len(CALL_BEGIN)
     a = text.find(ARG_BEGIN, id_start)
     e = text.find(CALL_END, id_start)
     nxt = text.find(CALL_BEGIN, id_start)
     if nxt >= 0 and (a < 0 or nxt < a) and (e < 0 or nxt < e):
-        return nxt  # a call without arguments or end, and another call after it
+        return nxt, None  # a call without arguments or end, and another call after it
     if a < 0 or (0 <= e < a):
         # no arguments: the name is not known yet, or this is not a call
-        return None if e < 0 else e + len(CALL_END)
+        return (None, Run("silent", (ARG_BEGIN, CALL_END, CALL_BEGIN))) if e < 0 else (e + len(CALL_END), None)
     raw_id = text[id_start:a].strip()
     m = _ID.fullmatch(raw_id)
     body_start = a + len(ARG_BEGIN)
@@ -180,24 +192,29 @@ def _read_call(text: str, pos: int, partial: bool, calls: list[ParsedCall], befo
     body = text[body_start:e if closed else len(text)]
     resume = e + len(CALL_END) if closed else None
     if m is None:
-        return resume
+        return resume, _SILENT
     if not closed and partial:
         body = body[: len(body) - held_prefix(body, CALL_END)]
-    arguments = _arguments(body, closed)
+    arguments, run = _arguments(body, closed)
     if arguments is None:
-        return resume
+        return resume, run
     name = m.group(1)
     call_id = f"functions.{name}:{m.group(2)}" if m.group(2) is not None else f"functions.{name}:{before + len(calls)}"
     calls.append(ParsedCall(name=name, arguments=arguments, done=closed or not partial, id=call_id))
-    return resume
+    return resume, run
 
 
-def _arguments(body: str, closed: bool) -> str | None:
-    """The JSON text of a call's arguments so far; None when this is not (yet) a call."""
+def _arguments(body: str, closed: bool) -> tuple[str | None, Run | None]:
+    """The JSON text of a call's arguments so far; None when this is not (yet) a call. Then
+    the run (see ``Run``) an open call's arguments are in, if they are."""
     s = skip_ws(body, 0)
     if s >= len(body):
-        return "{}" if closed else None  # not a call until its arguments start (they may be garbage)
+        # not a call until its arguments start (they may be garbage)
+        return ("{}", None) if closed else (None, Run("silent", (CALL_END,), stops="{"))
     if body[s] == "{":
         end, _ = value_end(body, s)
-        return body[s:end] if end is not None else body[s:]
-    return unwrapped(body) if closed else None  # arguments written as a JSON string that holds the object
+        if end is not None:
+            return body[s:end], _SILENT
+        return body[s:], None if closed else json_args(open_json(body, s), (CALL_END,))
+    # arguments written as a JSON string that holds the object
+    return (unwrapped(body), None) if closed else (None, _SILENT)

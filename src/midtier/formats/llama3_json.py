@@ -18,16 +18,18 @@ from dataclasses import replace
 from typing import ClassVar
 
 from midtier.core.messages import Message, ResponseFormat, ToolChoice, ToolSpec
-from midtier.formats._json import arguments_text, scan_object, skip_ws
+from midtier.formats._json import Field, ObjectScan, arguments_text, scan_object, skip_ws
 from midtier.formats.base import (
     Format,
     Markers,
     Parsed,
     ParsedCall,
+    Run,
     answer_rule,
     call_schema,
     free_text,
     json_schema_lark,
+    object_run,
     settled_text,
     shown,
     strip_after,
@@ -102,6 +104,7 @@ class Llama3JsonFormat(Format):
     def parse(self, text: str, partial: bool) -> Parsed:
         out = Parsed()
         marks: list[tuple[int, int]] = []  # after each whole call: offset, calls so far
+        runs: list[Run] = []
         if self.phase == "calls":  # a resumed parse (see Settled), after a call
             head, region = "", 0
         elif self.phase == "after":
@@ -123,12 +126,14 @@ class Llama3JsonFormat(Format):
         if region < 0:
             tail: str | None = text
         else:
-            tail = _read_calls(text, region, partial, out.calls, self.phase == "calls", marks)
+            tail = _read_calls(text, region, partial, out.calls, self.phase == "calls", marks, runs)
             if not out.calls and tail is not None and self.phase != "calls":
                 # the first object is not a call: everything from the tag (or the "{") on is text
                 tail = text[len(head):]
         out.content = strip_after(head + shown(tail or "", partial, _HELD, _ENDS), self.text_before)
         if partial:
+            if tail is None and runs:
+                out.run = runs[-1]  # the output ends inside a call's object
             if tail is not None:  # the text after the calls (or instead of them)
                 at, cut = len(text) - len(tail), len(text) - unsettled(tail, _HELD, _ENDS)
                 out.settled = settled_text(self, cut, head + text[at:cut], len(out.calls), phase="after")
@@ -150,11 +155,12 @@ _ENDS = (EOM, EOT)
 
 
 def _read_calls(text: str, i: int, partial: bool, calls: list[ParsedCall], before: bool = False,
-                marks: list[tuple[int, int]] | None = None) -> str | None:
+                marks: list[tuple[int, int]] | None = None, runs: list[Run] | None = None) -> str | None:
     """Read calls from ``text[i]`` on into ``calls``; returns the text after them that is
     content, or None when nothing after them is content (yet). ``before``: calls came
     before ``text[i]`` (a resumed parse); ``marks`` gets where each whole call ends and how
-    many calls ``calls`` then holds."""
+    many calls ``calls`` then holds; ``runs`` the run (see ``Run``) a partial parse ends in
+    inside an object, if it does."""
     n = len(text)
     while True:
         j = skip_ws(text, i)
@@ -165,7 +171,9 @@ def _read_calls(text: str, i: int, partial: bool, calls: list[ParsedCall], befor
         if text[j] != "{":
             # not (the start of) another call: the rest is text
             return text[j:]
-        call, end = _read_object(text, j, final=not partial)
+        call, end, run = _read_object(text, j, final=not partial)
+        if run is not None and runs is not None:
+            runs.append(run)
         if call is None:
             if end is None and partial:
                 return None  # undecided: hold everything from here back
@@ -178,16 +186,23 @@ def _read_calls(text: str, i: int, partial: bool, calls: list[ParsedCall], befor
         i = end
 
 
-def _read_object(text: str, i: int, final: bool) -> tuple[ParsedCall | None, int | None]:
-    """The call the object at ``text[i]`` is: (call or None, end of the object or None).
+def _read_object(text: str, i: int, final: bool) -> tuple[ParsedCall | None, int | None, Run | None]:
+    """The call the object at ``text[i]`` is: (call or None, end of the object or None),
+    and while it is arriving (not ``final``), the run (see ``Run``) it ends in, if it does.
 
     (None, None) means undecided (the object is still arriving and may still be a call);
     (None, end) means it is not a call. Once an object has a ``name`` string and arguments
     it is a call for good: what goes wrong after that ends it, it does not undo it.
     """
     scan = scan_object(text, i)
+    call, end = _object_call(text, scan, final)
+    run = object_run(text, i, _args_field(scan), ()) if end is None and not final else None
+    return call, end, run
+
+
+def _object_call(text: str, scan: ObjectScan, final: bool) -> tuple[ParsedCall | None, int | None]:
     name = scan.complete_string(text, "name")
-    args = next((f for k, f in scan.fields.items() if k in ARGS_KEYS), None)
+    args = _args_field(scan)
     if name is None or args is None or args.start < 0 or text[args.start] not in '{"':
         name_field = scan.fields.get("name")
         if (scan.error is not None or (name_field is not None and name_field.end is not None and name is None)
@@ -199,3 +214,7 @@ def _read_object(text: str, i: int, final: bool) -> tuple[ParsedCall | None, int
     arguments = arguments_text(text, args)
     end = scan.end if scan.error is None else scan.error  # after malformed JSON the rest is text
     return ParsedCall(name=name, arguments=arguments, done=end is not None or final), end
+
+
+def _args_field(scan: ObjectScan) -> Field | None:
+    return next((f for k, f in scan.fields.items() if k in ARGS_KEYS), None)

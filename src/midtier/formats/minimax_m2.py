@@ -21,11 +21,12 @@ from typing import Any, ClassVar
 from midtier.core.messages import Message, ResponseFormat, ToolChoice, ToolSpec
 from midtier.formats._json import skip_ws
 from midtier.formats._reasoning import ReasoningFormat, thinking_after
-from midtier.formats._xml import TypedValues, read_value, value_rules
+from midtier.formats._xml import TypedValues, read_value, value_rules, value_run
 from midtier.formats.base import (
     Markers,
     Parsed,
     ParsedCall,
+    Run,
     answer_rule,
     empty_content,
     held_any,
@@ -104,24 +105,28 @@ class MinimaxM2Format(ReasoningFormat, TypedValues):
         content: list[str] = []
 
         def block(i: int, _: str) -> int | None:
-            return self._read_section(text, i + len(OPEN), partial, out.calls)
+            end, run = self._read_section(text, i + len(OPEN), partial, out.calls)
+            out.run = run if partial and end is None else None
+            return end
 
         cut = read_blocks(text, pos, partial, (OPEN,), block, content, out.calls)
         return text_and_blocks(self, out, content, cut, partial)
 
-    def _read_section(self, text: str, pos: int, partial: bool, calls: list[ParsedCall]) -> int | None:
+    def _read_section(self, text: str, pos: int, partial: bool,
+                      calls: list[ParsedCall]) -> tuple[int | None, Run | None]:
         """Read the invokes of a section whose body starts at ``pos``; where text resumes after
-        its end (None: the section runs to the end of ``text``)."""
+        its end (None: the section runs to the end of ``text``), and then the run (see ``Run``)
+        a partial parse ends in, if it does."""
         end = text.find(CLOSE, pos)
         limit = end if end >= 0 else len(text)
         while True:
             pos = skip_ws(text, pos)
             if pos >= limit:
-                return end + len(CLOSE) if end >= 0 else None
+                return (end + len(CLOSE), None) if end >= 0 else (None, Run("silent", (INVOKE, CLOSE)))
             if text.startswith(INVOKE, pos):
-                nxt = self._read_invoke(text, pos, limit, end >= 0, partial, calls)
+                nxt, run = self._read_invoke(text, pos, limit, end >= 0, partial, calls)
                 if nxt is None:
-                    return None
+                    return None, run
                 pos = nxt
                 continue
             # anything else in a section is noise: skip to the next invoke or the end
@@ -129,45 +134,48 @@ class MinimaxM2Format(ReasoningFormat, TypedValues):
             pos = j if j >= 0 else limit
 
     def _read_invoke(self, text: str, pos: int, limit: int, section_closed: bool, partial: bool,
-                     calls: list[ParsedCall]) -> int | None:
+                     calls: list[ParsedCall]) -> tuple[int | None, Run | None]:
         """Read the invoke at ``pos`` (ending by ``limit``) into ``calls``; where text resumes
-        after it (None: hold everything from here)."""
+        after it (None: hold everything from here), and then the run (see ``Run``) a partial
+        parse ends in, if it does."""
         h_end = text.find(">", pos, limit)
-        if h_end < 0:
-            return limit if section_closed else None  # the name is still arriving
+        if h_end < 0:  # the name is still arriving
+            return (limit, None) if section_closed else (None, Run("silent", (CLOSE,), stops=">"))
         name = _tag_name(text[pos + len(INVOKE):h_end])
         e = text.find(INVOKE_CLOSE, h_end, limit)
         closed = e >= 0 or section_closed
         body_end = e if e >= 0 else limit
         resume = e + len(INVOKE_CLOSE) if e >= 0 else limit
         if name is None:
-            return resume if closed else None
+            return (resume, None) if closed else (None, Run("silent", (INVOKE_CLOSE, CLOSE)))
         body = text[h_end + 1:body_end]
         if not closed and partial:
             body = body[: len(body) - held_any(body, (INVOKE_CLOSE, CLOSE))]
-        args = "{" + _params(body, self.properties.get(name, {}), closed) + ("}" if closed else "")
-        calls.append(ParsedCall(name=name, arguments=args, done=closed or not partial))
-        return resume if closed else None
+        params, run = _params(body, self.properties.get(name, {}), closed)
+        calls.append(ParsedCall(name=name, arguments="{" + params + ("}" if closed else ""), done=closed or not partial))
+        return (resume, None) if closed else (None, run)
 
 
-def _params(body: str, props: dict[str, dict[str, Any]], closed: bool) -> str:
-    """The JSON members for the parameters in ``body``, as far as they are known."""
+def _params(body: str, props: dict[str, dict[str, Any]], closed: bool) -> tuple[str, Run | None]:
+    """The JSON members for the parameters in ``body``, as far as they are known, and the
+    run (see ``Run``) the body ends in: in a value, or waiting for a tag."""
     parts: list[str] = []
     pos = 0
+    ends = (INVOKE_CLOSE, CLOSE)
     while True:
         pos = skip_ws(body, pos)
         if not body.startswith(PARAM, pos):
-            break  # the end, a tag still arriving, or something that is not a parameter
+            # the end, a tag still arriving, or something that is not a parameter
+            return "".join(parts), Run("silent", (PARAM, *ends))
         h_end = body.find(">", pos)
         if h_end < 0:
-            break
+            return "".join(parts), Run("silent", ends, stops=">")
         key = _tag_name(body[pos + len(PARAM):h_end])
         if key is None:
-            break
+            return "".join(parts), Run("silent", ends)
         value, end = read_value(body, h_end + 1, PARAM_CLOSE, props.get(key), closed)
         if value is not None:
             parts.append((", " if parts else "") + json.dumps(key, ensure_ascii=False) + ": " + value)
         if end is None:
-            break
+            return "".join(parts), value_run(props.get(key), (PARAM_CLOSE, *ends))
         pos = end
-    return "".join(parts)

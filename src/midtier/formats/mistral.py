@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from midtier.core.messages import Message, ResponseFormat, ToolChoice, ToolSpec
-from midtier.formats._json import arguments_text, scan_object, skip_ws, value_end
+from midtier.formats._json import arguments_text, open_json, scan_object, skip_ws, value_end
 from midtier.formats.base import (
     Format,
     Markers,
@@ -35,7 +35,9 @@ from midtier.formats.base import (
     call_schema,
     free_text,
     held_prefix,
+    json_args,
     json_schema_lark,
+    object_run,
     resumed,
     shown,
     strict_schema,
@@ -196,6 +198,8 @@ class MistralFormat(Format):
                 rest = _read_calls(text, marker, partial, out.calls, marks=marks)
         if rest is not None:
             content.append(shown(text[rest:], partial, _HELD, _ENDS))
+        elif partial and out.calls and not out.calls[-1].done:
+            out.run = out.calls[-1].run  # the output ends inside the last call's arguments
         if rest is not None and not TOOL_CALLS.startswith(text[skip_ws(text, rest):]):
             # the text after the calls (another [TOOL_CALLS] may be arriving until then)
             cut = len(text) - unsettled(text[rest:], _HELD, _ENDS)
@@ -323,6 +327,8 @@ def _read_args_call(text: str, j: int, partial: bool, calls: list[ParsedCall],
     end, _ = value_end(text, a)
     call.arguments = text[a:end if end is not None else n]
     call.done = end is not None or not partial
+    if end is None and partial:  # the arguments stream as they are written
+        call.run = json_args(open_json(text, a), ())
     return end
 
 
@@ -382,4 +388,7 @@ def _json_call(text: str, i: int, final: bool) -> tuple[ParsedCall | None, int |
     end = scan.end if scan.error is None else scan.error
     if field is None and end is not None:
         arguments = "{}"
-    return ParsedCall(name=name, arguments=arguments, done=end is not None or final), end
+    call = ParsedCall(name=name, arguments=arguments, done=end is not None or final)
+    if end is None and not final:
+        call.run = object_run(text, i, field, ())
+    return call, end
