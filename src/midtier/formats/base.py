@@ -109,7 +109,8 @@ class Run:
 
     ``json``: ``text`` ends inside JSON text (see ``_json.json_run``) whose state is ``depth``
     brackets open, inside a string (``string``), after an open escape (``escaped``); the run
-    ends where, outside strings, fewer than ``json`` brackets are open.
+    ends where, outside strings, fewer than ``json`` brackets are open. ``room``: the run
+    takes at most that many more characters (-1: no bound).
 
     ``StreamParser`` takes such chunks without parsing (``O(chunk)``): the partial parse
     defines what a run does. Every format's tests check that streaming with runs emits what
@@ -127,6 +128,7 @@ class Run:
     newline: bool = False
     held: str = ""
     rstrip: bool = False
+    room: int = -1
 
 
 def object_run(text: str, start: int, field: Field | None, markers: tuple[str, ...]) -> Run | None:

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from midtier.core.messages import Message, ResponseFormat, ToolChoice, ToolSpec
-from midtier.formats._json import skip_ws, value_end
+from midtier.formats._json import open_json, skip_ws, value_end
 from midtier.formats.base import (
     Format,
     Markers,
@@ -62,6 +62,7 @@ from midtier.formats.base import (
     answer_rule,
     free_text,
     held_any,
+    json_args,
     json_schema_lark,
     resumed,
     strict_schema,
@@ -215,6 +216,8 @@ class HarmonyFormat(Format):
         rest: tuple[str, str] | None = None  # the body a resumed parse starts inside: channel, text
         settled: _Point | None = None  # where a later parse may resume (see Settled)
         open_body: str | None = None  # the text channel of a body that runs on to the end, nothing held
+        open_call: Run | None = None  # the run of a call's body that runs on to the end
+        header: Run | None = None  # the run of a header that runs on to the end
         if self.body is not None:
             body, pos, closed = _read_body(text, 0, partial)
             rest = (self.body, body)
@@ -226,6 +229,8 @@ class HarmonyFormat(Format):
         while pos < n:
             head = _read_header(text, pos, partial)
             if head is None:
+                if partial:
+                    header = _header_run(text, pos)
                 break  # undecided (held back), or a cut-off header at the end
             if head.role != "assistant":
                 break  # a message the model wrote for someone else: the turn is over
@@ -236,6 +241,8 @@ class HarmonyFormat(Format):
                 pass
             elif head.recipient is not None:
                 calls.append(_call(head.recipient, body, closed or not partial, closed))
+                if partial and not closed and head.body_start + len(body) == n:
+                    open_call = _args_run(head.recipient, body)
             else:
                 parts[channel].append(body)
             if closed:
@@ -247,6 +254,8 @@ class HarmonyFormat(Format):
                 open_body = channel if head.body_start + len(body) == n else None
         out = Parsed(content=_text(parts["content"], self.text_before, rest, "content"),
                      reasoning=_text(parts["analysis"], self.thought_before, rest, "analysis"), calls=calls)
+        if partial:
+            out.run = open_call if pos >= n else header
         if partial and settled is not None:
             out.settled = point = self._settled(settled, parts, rest, shift)
             if open_body is not None and settled.inside is not None and pos >= n \
@@ -344,12 +353,27 @@ def _read_header(text: str, pos: int, partial: bool) -> _Header | None:
     return _Header(role, channel, None, hs + start, dropped=recipient is not None)
 
 
+def _header_run(text: str, pos: int) -> Run | None:
+    """The run (see ``Run``) of a partial parse that ends in the header at ``pos``, once it is
+    known to be one: nothing changes until what ends it (``_header_end``)."""
+    explicit = text.startswith(START, pos)
+    hs = pos + len(START) if explicit else pos
+    if not explicit and not any(text.startswith(o, pos) for o in HEADER_OPENINGS):
+        return None
+    kind, _ = _header_end(text, hs)
+    room = hs + MAX_HEADER + _LONGEST - 2 - len(text)  # then the header counts as broken
+    return Run("silent", _HEADER_ENDS, stops="\n", room=room) if kind == "pending" and room > 0 else None
+
+
+_HEADER_ENDS = (MESSAGE, END, CALL, RETURN, START)
+
+
 def _header_end(text: str, hs: int) -> tuple[str, int]:
     """Where the header starting at ``hs`` ends: ("complete", index of <|message|>), ("broken",
     index of what cut it), or ("pending", -1). Each answer stays true as the text grows."""
     limit = hs + MAX_HEADER
     best, kind = -1, "pending"
-    for marker in (MESSAGE, END, CALL, RETURN, START):
+    for marker in _HEADER_ENDS:
         i = text.find(marker, hs, limit + len(marker) - 1)
         if i >= 0 and (best < 0 or i < best):
             best, kind = i, "complete" if marker == MESSAGE else "broken"
@@ -392,6 +416,14 @@ def _call(name: str, body: str, done: bool, closed: bool) -> ParsedCall:
         if closed and not arguments:
             arguments = "{}"
     return ParsedCall(name, arguments, done)
+
+
+def _args_run(name: str, body: str) -> Run | None:
+    """The run (see ``Run``) of a call whose body, JSON arguments, is still arriving."""
+    i = skip_ws(body, 0)
+    if name == "python" or i >= len(body) or body[i] != "{":
+        return None
+    return json_args(open_json(body, i), BODY_ENDS)
 
 
 def _join(parts: list[str]) -> str:

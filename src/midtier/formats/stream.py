@@ -72,6 +72,9 @@ class StreamParser:
         self._longest = 0  # the length of its longest marker
         self._json: JsonState = (0, False, False)  # a JSON run: where the text stands (see json_run)
         self._held = ""  # an args run: what it holds back (a newline that may end the value)
+        self._room = -1  # how many more characters the run may take (-1: no bound)
+        self._careful = False  # whether every chunk needs the whole check (a bound, an open escape)
+        self._index = 0  # an args run: the index of its call
         self._channel = self._content  # a text run: its channel, and the event of a delta
         self._delta: type[TextDelta] | type[ReasoningDelta] = TextDelta
 
@@ -205,19 +208,28 @@ class StreamParser:
         if run.markers and held_any(self._recent(self._longest - 1), run.markers):
             return  # the text ends with a start of a marker: the run starts after it
         self._run, self._take = run, take
-        self._hits = _finder({*run.stops, *(m[0] for m in run.markers)})
+        self._hits = _finder({*run.stops, *(m[0] for m in run.markers), *(_JSON_CHARS if run.json else "")})
         self._json = (run.depth, run.string, run.escaped)
         self._held = run.held
+        self._room = run.room
+        self._careful = run.room >= 0 or run.escaped
+        self._index = len(self._done) + len(self._calls) - 1
 
     def _piece(self, chunk: str) -> str | None:
         """What the run takes of the text held back before ``chunk`` and ``chunk`` (None: it
         does not fit, the chunk is parsed): no stop, no marker occurs, the JSON value goes
         on; a start of a marker at its end is held back, as formats hold it."""
+        if not (self._pending or self._careful or self._hits(chunk)):
+            return chunk  # none of the characters that matter
         run = self._run
         assert run is not None
         for c in run.stops:
             if c in chunk:
                 return None
+        if self._room >= 0:
+            if len(chunk) > self._room:
+                return None
+            self._room -= len(chunk)
         pending = self._pending
         piece = pending + chunk if pending else chunk
         held = ""
@@ -239,6 +251,7 @@ class StreamParser:
             if state is None:
                 return None
             self._json = state
+            self._careful = self._room >= 0 or state[2]
         self._pending = held
         return piece
 
@@ -277,14 +290,15 @@ class StreamParser:
         piece = self._piece(chunk)
         if not piece:
             return None if piece is None else []
-        text = self._tail + piece
-        body = text.rstrip()
-        if not body:
-            self._tail = text
-            return []
-        self._chunks.append(body)
-        self._tail = text[len(body):]
-        delta = self._channel.take(body)
+        if self._tail or piece[-1].isspace():
+            text = self._tail + piece
+            piece = text.rstrip()
+            if not piece:
+                self._tail = text
+                return []
+            self._tail = text[len(piece):]
+        self._chunks.append(piece)
+        delta = self._channel.take(piece)
         return [self._delta(delta)] if delta else []
 
     def _take_args(self, chunk: str) -> list[StreamEvent] | None:
@@ -292,9 +306,9 @@ class StreamParser:
         piece = self._piece(chunk)
         if not piece:
             return None if piece is None else []
+        self._more.append(piece)
         run = self._run
         assert run is not None
-        self._more.append(piece)
         if run.newline:
             piece = self._held + piece
             self._held = "\n" if piece.endswith("\n") else ""
@@ -305,7 +319,7 @@ class StreamParser:
         if not piece:
             return []
         self._grown += len(piece)
-        return [ToolCallArgsDelta(len(self._done) + len(self._calls) - 1, piece)]
+        return [ToolCallArgsDelta(self._index, piece)]
 
     def _take_silent(self, chunk: str) -> list[StreamEvent] | None:
         """A silent run: the piece changes nothing yet."""
@@ -315,6 +329,9 @@ class StreamParser:
         if piece:
             self._more.append(piece)
         return []
+
+
+_JSON_CHARS = '"\\{}[]'
 
 
 def _never(chunk: str) -> bool:
