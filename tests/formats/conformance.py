@@ -198,6 +198,12 @@ def assert_streams_as_defined(fmt: Format, text: str, seed: int = 0) -> None:
         assert events_of(StreamParser(fmt, make_id=lambda: "call", runs=False), text, sizes) == want, (text, sizes)
 
 
+#: a string argument as written in JSON and in raw values alike: markers' starts, a bracket,
+#: escapes (taken as they are in raw values)
+LONG_ARG = 'a < b, <b>x</b> </para </tool_c <| [1] {k} \\"q\\" \\\\ \\n \\u00e9 end. ' * 12
+#: the same without escapes, and the most characters each format parses anew in it
+PLAIN_ARG = "a < b, <b>x</b> </para </tool_c <| [1] {k} end. " * 12
+
 #: an answer with characters that start markers in many formats, and blank runs
 PROSE = ("The forecast says a < b holds, <b>bold</b> too, and [brackets] or {braces} or | pipes; "
          "then   spaces,\n escapes\\ and \"quotes\" -- \t tabs.\n\nA new paragraph, 東京 ✓. ") * 6
@@ -289,6 +295,20 @@ class FormatConformance:
             sizes = [rng.randint(1, 6) for _ in text]
             want = events_of(Snapshots(fmt), text, sizes)
             assert events_of(StreamParser(fmt, make_id=lambda: "call"), text, sizes) == want, (text, sizes)
+
+    def test_long_arguments_stream_as_defined(self, fmt: Format) -> None:
+        """A call with a long string argument (the cases' "Paris" made long) streams as
+        defined, and in a run: few of its chunks are parsed."""
+        texts = [case.text for case in self.cases if "Paris" in case.text]
+        assert texts, "no case has a call with the argument Paris"
+        for k, text in enumerate(texts):
+            assert_streams_as_defined(fmt, text.replace("Paris", LONG_ARG), seed=k)
+        text = texts[0].replace("Paris", PLAIN_ARG)
+        parser = StreamParser(fmt)
+        for c in text:
+            parser.feed(c)
+        parser.finish()
+        assert parser.parses < len(text) - len(PLAIN_ARG) * 0.9, parser.parses
 
     def test_a_long_answer_is_not_parsed_per_chunk(self, fmt: Format) -> None:
         """Plain text streams in a run: few of its chunks are parsed."""

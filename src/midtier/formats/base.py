@@ -131,13 +131,17 @@ class Run:
     room: int = -1
 
 
-def object_run(text: str, start: int, field: Field | None, markers: tuple[str, ...]) -> Run | None:
+def object_run(text: str, start: int, field: Field | None, markers: tuple[str, ...], call: bool) -> Run | None:
     """The run of a partial parse that ends inside the JSON object at ``text[start]``, a call
     written as JSON whose arguments (``field``) are shown as written: inside the arguments
-    (an object or a list) they stream; inside a string of the object itself nothing changes
+    (an object or a list) they stream, once the object is a ``call`` (its name known; before,
+    nothing changes until they end); inside a string of the object itself nothing changes
     until it ends (a string being the arguments counts once whole)."""
     if field is not None and field.end is None and field.start >= 0 and text[field.start] in "{[":
-        return json_args(open_json(text, field.start), markers)
+        run = json_args(open_json(text, field.start), markers)
+        if run is not None and not call:
+            run.kind = "silent"
+        return run
     state = open_json(text, start)
     if state is not None and state[0] == 1 and state[1]:
         return Run("silent", markers, json=2, depth=1, string=True, escaped=state[2])

@@ -31,6 +31,7 @@ from midtier.formats.base import (
     Markers,
     Parsed,
     ParsedCall,
+    Run,
     answer_rule,
     empty_content,
     free_text,
@@ -109,6 +110,7 @@ class CommandRFormat(ReasoningFormat):
         # where a resumed parse may start (see Settled): offset, content pieces and calls
         # before it, whether it is inside a line; the start of the rest always qualifies
         settled = (pos, 0, 0, self.mid_line and pos == 0)
+        runs: list[Run] = []  # the run the text ends in, inside a list of calls
         while True:
             i, r7b = _next_action(text, pos, here=not (self.mid_line and pos == 0))
             if i < 0:
@@ -124,12 +126,12 @@ class CommandRFormat(ReasoningFormat):
             if _clean_end(content):
                 settled = (i, len(content), len(calls), False)  # all before this action is final
             if r7b:
-                end = read_call_list(text, i + len(ACTION_S), partial, calls, "tool_name", ("parameters",))
+                end = read_call_list(text, i + len(ACTION_S), partial, calls, "tool_name", ("parameters",), runs=runs)
                 if end is not None:
                     end = _skip(text, end, ACTION_E, partial)
             else:
                 start = i + text[i:].index(ACTION) + len(ACTION)
-                end = _read_fenced(text, start, partial, calls)
+                end = _read_fenced(text, start, partial, calls, runs)
                 if end == -1:  # "Action:" that is not followed by a list: it is text
                     content.append(text[i:start])
                     pos = start
@@ -149,6 +151,11 @@ class CommandRFormat(ReasoningFormat):
                                        calls_before=self.calls_before + n)
             if offset == len(text) and mid_line:  # in text, inside a line that is no action
                 out.run = text_run(out.settled, (ACTION_S, RESPONSE_S, RESPONSE_E), stops="\n")
+            elif runs:  # inside an object of a list of calls
+                run = runs[-1]
+                if run.kind == "args" and calls[-1].name == DIRECTLY_ANSWER:
+                    run = replace(run, kind="silent")  # what "directly_answer" writes is never shown
+                out.run = run
         return out
 
 
@@ -211,7 +218,7 @@ def _skip(text: str, pos: int, marker: str, partial: bool) -> int | None:
     return pos
 
 
-def _read_fenced(text: str, pos: int, partial: bool, calls: list[ParsedCall]) -> int | None:
+def _read_fenced(text: str, pos: int, partial: bool, calls: list[ParsedCall], runs: list[Run]) -> int | None:
     """Read the list after ``Action:`` (in a ```json fence or bare): one past it, None while
     undecided or incomplete, -1 when no list follows."""
     j = skip_ws(text, pos)
@@ -228,7 +235,7 @@ def _read_fenced(text: str, pos: int, partial: bool, calls: list[ParsedCall]) ->
         return None if partial else -1
     if text[j] not in "[{":
         return -1
-    end = read_call_list(text, j, partial, calls, "tool_name", ("parameters",))
+    end = read_call_list(text, j, partial, calls, "tool_name", ("parameters",), runs=runs)
     if end is None or not fenced:
         return end
     return _skip(text, end, FENCE, partial)

@@ -33,6 +33,7 @@ from midtier.formats.base import (
     held_prefix,
     json_schema_lark,
     lark,
+    object_run,
     resumed,
     strip_after,
     text_run,
@@ -89,6 +90,7 @@ class GraniteFormat(ReasoningFormat):
         out = Parsed()
         before, after = "", ""
         marks: list[tuple[int, int]] = []  # in the list: after an item and its comma, calls so far
+        runs: list[Run] = []  # the run the text ends in, inside the list
         # where a resumed parse may start (see Settled): offset, phase, how much of the content
         # text is before it, calls before it, and how much of that text lies right before it
         # (a cut can move back into it); in a list only after a call (else the list may be text)
@@ -102,7 +104,7 @@ class GraniteFormat(ReasoningFormat):
                 cut = _Cut(pos + len(before), "text", len(before), 0, len(before))
             else:
                 before = text[pos:i]
-                end = read_call_list(text, i + len(TOOL_CALL), partial, out.calls, marks=marks)
+                end = read_call_list(text, i + len(TOOL_CALL), partial, out.calls, marks=marks, runs=runs)
                 cut = _Cut(i, "text", len(before), 0, len(before))
                 if end is not None:
                     after = text[end:]
@@ -112,7 +114,7 @@ class GraniteFormat(ReasoningFormat):
                 elif marks and marks[-1][1]:
                     cut = _Cut(marks[-1][0], "list", len(before), marks[-1][1], 0)
         elif self.phase == "list":
-            end = read_call_list(text, pos, partial, out.calls, marks=marks, inside=True)
+            end = read_call_list(text, pos, partial, out.calls, marks=marks, inside=True, runs=runs)
             if end is not None:
                 after = text[end:]
                 cut = _Cut(len(text), "after", len(after), len(out.calls), len(after))
@@ -126,7 +128,7 @@ class GraniteFormat(ReasoningFormat):
                                   self.text_before)
         if partial:
             out.settled = self._settled(raw, cut, pos)
-            out.run = self._text_run(out.settled, cut, len(text))
+            out.run = self._text_run(out.settled, cut, len(text)) or (runs[-1] if runs else None)
         return out
 
     def _text_run(self, settled: Settled, cut: _Cut, n: int) -> Run | None:
@@ -200,13 +202,14 @@ def _unwrap_response(text: str, partial: bool, lead: bool = True, close: bool = 
 
 def read_call_list(text: str, pos: int, partial: bool, calls: list[ParsedCall], name_key: str = "name",
                    args_keys: tuple[str, ...] = ("arguments", "parameters"), *, inside: bool = False,
-                   marks: list[tuple[int, int]] | None = None) -> int | None:
+                   marks: list[tuple[int, int]] | None = None, runs: list[Run] | None = None) -> int | None:
     """Read the calls of the JSON list (or single object) at ``pos`` into ``calls``; one past
     its end, or None while it is incomplete or where it stops being a list of calls.
 
     ``inside``: ``pos`` is inside a list, after an item and its comma (a resumed parse);
     ``marks`` gets, after each item's comma, where reading goes on and how many calls
-    ``calls`` then holds."""
+    ``calls`` then holds; ``runs`` the run (see ``Run``) a partial parse ends in, inside an
+    item, if it does."""
     single = False
     if not inside:
         pos = skip_ws(text, pos)
@@ -226,6 +229,11 @@ def read_call_list(text: str, pos: int, partial: bool, calls: list[ParsedCall], 
         if call is not None:
             calls.append(call)
         if scan.end is None:
+            if partial and runs is not None and scan.error is None:
+                field = next((scan.fields[k] for k in args_keys if k in scan.fields), None)
+                run = object_run(text, pos, field, (), call is not None)
+                if run is not None:
+                    runs.append(run)
             return None
         if single:
             return scan.end

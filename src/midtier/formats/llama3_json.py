@@ -196,7 +196,7 @@ def _read_object(text: str, i: int, final: bool) -> tuple[ParsedCall | None, int
     """
     scan = scan_object(text, i)
     call, end = _object_call(text, scan, final)
-    run = object_run(text, i, _args_field(scan), ()) if end is None and not final else None
+    run = object_run(text, i, _args_field(scan), (), call is not None) if end is None and not final else None
     return call, end, run
 
 

@@ -390,5 +390,5 @@ def _json_call(text: str, i: int, final: bool) -> tuple[ParsedCall | None, int |
         arguments = "{}"
     call = ParsedCall(name=name, arguments=arguments, done=end is not None or final)
     if end is None and not final:
-        call.run = object_run(text, i, field, ())
+        call.run = object_run(text, i, field, (), True)
     return call, end

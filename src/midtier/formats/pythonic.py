@@ -25,6 +25,7 @@ from midtier.formats.base import (
     Markers,
     Parsed,
     ParsedCall,
+    Run,
     answer_rule,
     empty_content,
     free_text,
@@ -134,6 +135,8 @@ class PythonicFormat(Format):
         else:
             out.content = strip_after(head, self.text_before)
         if partial:
+            if tail is None and out.calls and not out.calls[-1].done:
+                out.run = out.calls[-1].run  # inside the last call's arguments
             if tail is not None and (not any_calls or self.phase == "after" or after < len(text)
                                      and not PYTHON_END.startswith(text[after:])):
                 # the text after the list (or from the tag, when no call came)
@@ -274,6 +277,7 @@ def _read_arguments(text: str, i: int, call: ParsedCall) -> tuple[int | None, bo
             value, end = _value(text, j)
             encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
         except _Incomplete:
+            call.run = _string_run(text, j)
             return None, False
         except (_Bad, ValueError, RecursionError):
             return _malformed(call, j)
@@ -286,6 +290,15 @@ def _read_arguments(text: str, i: int, call: ParsedCall) -> tuple[int | None, bo
         call.arguments += ("" if first else ", ") + json.dumps(m.group()) + ": " + encoded
         first = False
         i = k + 1 if text[k] == "," else k
+
+
+def _string_run(text: str, i: int) -> Run | None:
+    """The run (see ``Run``) of an argument that is a string literal from ``text[i]`` to the
+    end of ``text``, if it is one: nothing changes until its quote, or an escape, comes."""
+    q = text[i:i + 1]
+    if not q or q not in "\"'" or "\\" in text[i:] or (text.startswith(q * 2, i) and i + 2 >= len(text)):
+        return None  # not a string, an escape (it may go wrong), or "" that may open """
+    return Run("silent", stops=q + "\\")
 
 
 def _malformed(call: ParsedCall, i: int) -> tuple[int, bool]:
