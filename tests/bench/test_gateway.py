@@ -115,7 +115,7 @@ def test_tiny_run_through_midtier() -> None:
         assert set(level["midtier"]) >= {"total_p50_ms", "total_p99_ms", "ttft_p50_ms", "ttft_p99_ms",
                                          "added_total_p50_ms", "added_total_p99_ms", "added_ttft_p50_ms",
                                          "added_ttft_p99_ms", "cpu_ms_per_request"}
-        assert level["midtier"]["total_p50_ms"] > 0
+        assert level["midtier"]["total_p50_ms"] > 0 and level["midtier"]["cpu_ms_per_request"] > 0
     assert line["p50_added_ms_c1"] == line["levels"]["1"]["midtier"]["added_total_p50_ms"]
     text = out.getvalue()
     assert "concurrency 3" in text and "midtier added" in text
