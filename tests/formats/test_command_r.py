@@ -80,6 +80,13 @@ class TestCommandR(FormatConformance):
         f"Hi <|END_RESP{RE}ONSE|>!",
         '{"tool_name": "get_weather", "parameters": {}}',
     ]
+    streams: ClassVar[list[str]] = [
+        # the parameters before the name; an answer written as a call, never shown
+        f'{AS}[{{"parameters": {{"city": "Oslo", "note": "a {{b}} \\"q\\""}}, "tool_name": "get_weather"}}]{AE}',
+        f'{AS}[{{"tool_name": "directly-answer", "parameters": {{"answer": "long [1] {{x}} \\"q\\" answer"}}}}, '
+        f'{PARIS}]{AE}',
+        f"Action: ```json\n[{PARIS}]\n```\nDone.",
+    ]
 
 
 def _render_plus(messages: list[Message]) -> str:

@@ -67,6 +67,11 @@ class TestLlama3Json(FormatConformance):
         '{"name": "get_weather", "parameters": {}, 5}',
         "}}}{{{",
     ]
+    streams: ClassVar[list[str]] = [
+        # arguments before the name: silent until the name comes, then the call
+        '{"parameters": {"city": "Oslo", "note": "a < b \\"q\\" {x}"}, "name": "get_weather"}; ' + TOKYO,
+        "<|python_tag|>" + CALL.replace("Paris", "Par <|eom_id|> is") + "\n\nThen text <|eot_id|>",
+    ]
 
 
 def test_detects_llama_templates() -> None:

@@ -79,6 +79,12 @@ class TestMistral(FormatConformance):
     end_of_turn = "</s>"
     cases: ClassVar[list[Case]] = COMMON_CASES
     malformed: ClassVar[list[str]] = MALFORMED
+    streams: ClassVar[list[str]] = [
+        '[TOOL_CALLS][{"arguments": {"city": "Oslo", "note": "[x] {y} \\"q\\""}, "name": "get_weather"}, '
+        '{"name": "get_weather", "arguments": {"city": "Tokyo"}, "id": "abcdefghi"}]',
+        '[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo [TOOL_CALLS] </s> {x}"}[TOOL_CALLS]send_email[CALL_ID]abcdefghi'
+        '[ARGS]{"to": "a", "body": "b \\\\ \\"c\\""} after',
+    ]
 
 
 class TestMistralV11(FormatConformance):
