@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 _WS = " \t\r\n"
 _IN_STRING = re.compile(r'["\\]')
+_NOT_WS = re.compile(r"[^ \t\r\n]")
 _STRUCTURE = re.compile(r'["{}\[\]]')
 
 
@@ -46,9 +47,10 @@ class ObjectScan:
 
 def skip_ws(text: str, i: int) -> int:
     n = len(text)
-    while i < n and text[i] in _WS:
-        i += 1
-    return i
+    if i >= n or text[i] not in _WS:
+        return i
+    m = _NOT_WS.search(text, i)
+    return m.start() if m is not None else n
 
 
 def _string_end(text: str, i: int) -> int | None:

@@ -18,6 +18,7 @@ emit the same events.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -208,7 +209,7 @@ class StreamParser:
         if run.markers and held_any(self._recent(self._longest - 1), run.markers):
             return  # the text ends with a start of a marker: the run starts after it
         self._run, self._take = run, take
-        self._hits = _finder({*run.stops, *(m[0] for m in run.markers), *(_JSON_CHARS if run.json else "")})
+        self._hits = _finder(run.stops, run.markers, bool(run.json))
         self._json = (run.depth, run.string, run.escaped)
         self._held = run.held
         self._room = run.room
@@ -338,8 +339,11 @@ def _never(chunk: str) -> bool:
     return False
 
 
-def _finder(chars: set[str]) -> Callable[[str], object]:
-    """A test of whether a text holds one of ``chars``."""
+@functools.cache
+def _finder(stops: str, markers: tuple[str, ...], json: bool) -> Callable[[str], object]:
+    """A test of whether a text holds a character that matters to a run: one of ``stops``,
+    a marker's first one, (``json``) one of JSON's brackets, quote and backslash."""
+    chars = {*stops, *(m[0] for m in markers), *(_JSON_CHARS if json else "")}
     if not chars:
         return _never
     if len(chars) == 1:
