@@ -70,6 +70,7 @@ class StreamParser:
         self._run: Run | None = None
         self._take: Callable[[str], list[StreamEvent] | None] | None = None
         self._hits: Callable[[str], object] = _never  # whether a chunk holds a stop or a marker's start
+        self._hit: str | None = None  # the one character ``_hits`` looks for, when it is one
         self._longest = 0  # the length of its longest marker
         self._json: JsonState = (0, False, False)  # a JSON run: where the text stands (see json_run)
         self._held = ""  # an args run: what it holds back (a newline that may end the value)
@@ -210,6 +211,8 @@ class StreamParser:
             return  # the text ends with a start of a marker: the run starts after it
         self._run, self._take = run, take
         self._hits = _finder(run.stops, run.markers, bool(run.json))
+        chars = {*run.stops, *(m[0] for m in run.markers)}
+        self._hit = chars.pop() if len(chars) == 1 and not run.json else None
         self._json = (run.depth, run.string, run.escaped)
         self._held = run.held
         self._room = run.room
@@ -272,7 +275,8 @@ class StreamParser:
 
     def _take_text(self, chunk: str) -> list[StreamEvent] | None:
         """A content or reasoning run: the piece is settled as it is."""
-        if self._pending or self._hits(chunk):
+        hit = self._hit
+        if self._pending or (hit in chunk if hit is not None else self._hits(chunk)):
             piece = self._piece(chunk)
             if not piece:
                 return None if piece is None else []
