@@ -230,6 +230,15 @@ def test_max_tool_calls_counts_built_in_calls(client: openai.OpenAI, engine: Moc
     assert all(o.type != "code_interpreter_call" for o in r.output[1:])
 
 
+def test_a_turn_cut_at_the_call_limit_counts_only_its_own_output(client: openai.OpenAI, engine: MockEngine,
+                                                                  tool: FakeInterpreter) -> None:
+    engine.enqueue(py("1"), py("2"), "done")  # the second turn ends at its call: no calls are left
+    r = client.responses.create(model="mock", input="go", tools=[INTERPRETER], max_tool_calls=2)
+    assert tool.ran == ["1", "2"] and r.output_text == "done"
+    assert r.usage is not None
+    assert r.usage.output_tokens == sum(len(engine.tokenize(t)) for t in (py("1"), py("2"), "done"))
+
+
 def test_the_turn_budget_ends_the_loop(client: openai.OpenAI, engine: MockEngine, tool: FakeInterpreter) -> None:
     engine.enqueue(py("1"), py("2"), py("3"), "no more")  # max_turns=3: the third turn may not call
     r = client.responses.create(model="mock", input="go", tools=[INTERPRETER])

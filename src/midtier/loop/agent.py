@@ -282,6 +282,7 @@ async def _limit_calls(served: Served, events: AsyncGenerator[StreamEvent], left
     """The turn ends once it has made ``left`` calls; it remembers each call's id, name and type."""
     calls: dict[int, tuple[str, str, str]] = trace.extra.setdefault("calls", {})
     calls.clear()
+    trace.raw_output = ""  # this turn's output only: a turn cut here counts its own tokens, not the loop's
     reached = False
     async with contextlib.aclosing(events):
         async for event in events:
