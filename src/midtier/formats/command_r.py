@@ -191,7 +191,8 @@ def _next_action(text: str, pos: int, here: bool = True) -> tuple[int, bool]:
     """Where the next action starts from ``pos`` (-1: none) and whether it is R7B's.
     ``here``: whether ``Action:`` may start at ``pos`` itself (not only after a newline)."""
     i = text.find(ACTION_S, pos)
-    m = (_ACTION_HERE.match(text, pos) if here else None) or _ACTION_LINE.search(text, pos)
+    # only an "Action:" line before the next <|START_ACTION|> matters: search no further
+    m = (_ACTION_HERE.match(text, pos) if here else None) or _ACTION_LINE.search(text, pos, i if i >= 0 else len(text))
     if m is not None and (i < 0 or m.start() < i):
         return m.start(), False
     return i, i >= 0

@@ -174,7 +174,8 @@ def _call(text: str, start: int, partial: bool) -> _Read:
         args_at = text.find("{", name_end, limit)
     if not _NAME.fullmatch(name):  # not a call; held back like one until it ends
         return _Read(None, end) if final else _Read(None, None, True, _silent(()) if at_end else None)
-    args, run = _arguments(text[:limit], args_at, final)
+    # (the object alone: a slice up to it would copy the output before it, for every call)
+    args, run = _arguments(text[args_at:limit], 0, final) if args_at >= 0 else ("", None)
     call = ParsedCall(name, args or ("{}" if end else ""), done=final)
     if args_at < 0:
         run = _silent((), "{")  # the arguments have not started

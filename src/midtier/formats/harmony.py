@@ -60,6 +60,7 @@ from midtier.formats.base import (
     Run,
     Settled,
     answer_rule,
+    find_first,
     free_text,
     held_any,
     json_args,
@@ -387,11 +388,7 @@ def _header_end(text: str, hs: int) -> tuple[str, int]:
 
 def _read_body(text: str, bs: int, partial: bool) -> tuple[str, int, bool]:
     """(body, where the next message starts, whether a marker closed it)."""
-    best, marker = -1, ""
-    for m in BODY_ENDS:
-        i = text.find(m, bs)
-        if i >= 0 and (best < 0 or i < best):
-            best, marker = i, m
+    best, marker = find_first(text, BODY_ENDS, bs)
     if best < 0:
         body = text[bs:]
         if partial:
