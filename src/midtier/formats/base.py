@@ -96,9 +96,11 @@ class Run:
     """How a partial parse of ``text`` goes on for more text that cannot change its structure.
 
     A format reports it when ``text`` ends inside a run whose next characters are taken as
-    they are (plain text, arguments), nothing held back. For any ``more`` that neither holds
-    one of ``stops`` nor makes one of ``markers`` occur in ``text + more`` nor ends with a
-    start of one, nor (``json``) leaves the JSON value the run is in:
+    they are (plain text, arguments). For any ``more`` that neither holds one of ``stops``
+    nor makes one of ``markers`` occur in ``text + more``, nor (``json``) leaves the JSON
+    value the run is in, and when neither ``text`` nor ``text + more`` ends with a start of
+    one of ``markers`` (the parse holds such a start back: the run goes on with what comes
+    before it, ``StreamParser`` checks both):
 
     - ``content`` / ``reasoning``: the parse settled all of ``text`` (with ``rstrip``, all
       but its trailing blanks), and the state it resumes in parses ``more`` as text of that
