@@ -211,3 +211,14 @@ def test_vector_stores_keep_window_vectors_when_embeddings_are_on(tmp_path: Path
             await store.close()
 
     asyncio.run(run())
+
+
+def test_a_vector_store_deleted_meanwhile_is_a_tool_error(tmp_path: Path) -> None:
+    async def body(toolbox: Toolbox, tool: FileSearchTool, ids: list[str]) -> None:
+        param = {"type": "file_search", "vector_store_ids": ids}
+        await vector_stores(toolbox).delete(ids[0])
+        c = call("gate code")
+        with pytest.raises(ToolError, match="No vector store"):
+            await tool.run(tool.start(c, param), c, context(toolbox, param)[0])
+
+    scenario(tmp_path, body)

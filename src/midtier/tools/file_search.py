@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from midtier.core.errors import InvalidRequest
+from midtier.core.errors import InvalidRequest, MidtierError
 from midtier.core.messages import ToolCall, ToolSpec, new_id
 from midtier.tools.base import ToolContext, ToolError, ToolResult
 from midtier.tools.search_index import excerpt
@@ -131,9 +131,12 @@ class FileSearchTool:
         threshold, weights = ranking_options(param.get("ranking_options"))
         item["status"] = "searching"
         ctx.emit("response.file_search_call.searching", {})
-        found = await vector_stores(ctx.toolbox).search(
-            list(param["vector_store_ids"]), queries, max_num_results=int(param.get("max_num_results") or 10),
-            filters=param.get("filters"), score_threshold=threshold, weights=weights)
+        try:
+            found = await vector_stores(ctx.toolbox).search(
+                list(param["vector_store_ids"]), queries, max_num_results=int(param.get("max_num_results") or 10),
+                filters=param.get("filters"), score_threshold=threshold, weights=weights)
+        except MidtierError as exc:  # a vector store deleted or expired since the request began
+            raise ToolError(exc.message) from exc
         results = [{"file_id": r["file_id"], "filename": r["filename"], "score": r["score"],
                     "text": r["content"][0]["text"], "attributes": r["attributes"]} for r in found]
         item["status"] = "completed"
