@@ -9,9 +9,11 @@ from typing import Any
 import openai
 import pytest
 from openai.types import VectorStore, VectorStoreSearchResponse
+from openai.types.responses import ResponseFileSearchToolCall, ResponseOutputMessage
 from openai.types.vector_stores import VectorStoreFile, VectorStoreFileBatch
 from starlette.testclient import TestClient
 
+from midtier.engines.mock import MockEngine
 from midtier.loop.turn import ServedModel
 from midtier.server import create_app
 from midtier.store import open_store
@@ -232,3 +234,43 @@ def test_deleting_a_vector_store_drops_its_files_and_chunks(http: TestClient, cl
     assert portal is not None
     assert portal.call(store.all_records, "vector_store_file", vs.id) == []
     assert portal.call(store.all_records, "vs_chunks", vs.id) == []
+
+
+def fs_call(query: str) -> str:
+    return f'<tool_call>\n{{"name": "file_search", "arguments": {{"query": "{query}"}}}}\n</tool_call>'
+
+
+def test_responses_run_file_search_with_results_and_citations(client: openai.OpenAI, engine: MockEngine,
+                                                              docs: dict[str, str]) -> None:
+    vs = client.vector_stores.create(file_ids=list(docs.values()))
+    indexed(client, vs.id, list(docs.values()))
+    tools: Any = [{"type": "file_search", "vector_store_ids": [vs.id], "max_num_results": 2}]
+    engine.enqueue(fs_call("vacation days per year"), "Employees get 27 days of paid vacation.")
+    with client.responses.stream(model="mock", input="How many vacation days?", tools=tools,
+                                 include=["file_search_call.results"]) as stream:
+        events = [e.type for e in stream]
+        r = stream.get_final_response()
+    for name in ("in_progress", "searching", "completed"):
+        assert f"response.file_search_call.{name}" in events
+    call = r.output[0]
+    assert isinstance(call, ResponseFileSearchToolCall) and call.status == "completed"
+    assert call.queries == ["vacation days per year"] and call.results and len(call.results) <= 2
+    assert call.results[0].filename == "hr-policy.md" and "27 days" in (call.results[0].text or "")
+    assert "27 days" in engine.detokenize(engine.prompts[-1])  # the model read the passage
+    message = r.output[-1]
+    assert isinstance(message, ResponseOutputMessage) and r.output_text == "Employees get 27 days of paid vacation."
+    cited = [a for part in message.content if part.type == "output_text" for a in part.annotations]
+    assert [(a.type, getattr(a, "file_id", None)) for a in cited][:1] == [("file_citation", docs["hr-policy.md"])]
+    # the stored response reads back the same, and without include the results stay out
+    assert client.responses.retrieve(r.id).output[0].model_dump() == call.model_dump()
+    engine.enqueue(fs_call("printers"), "Second floor.")
+    plain = client.responses.create(model="mock", input="Where are printers?", tools=tools)
+    assert plain.output[0].type == "file_search_call" and plain.output[0].results is None
+
+
+def test_responses_with_an_unknown_vector_store_are_404(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(model="mock", input="hi",
+                                tools=[{"type": "file_search", "vector_store_ids": ["vs_nope"]}])
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model="mock", input="hi", tools=[{"type": "file_search", "vector_store_ids": []}])
