@@ -7,10 +7,13 @@ sampling and tool-call parsing; this module only speaks its wire protocol:
 - ``ChunkTranslator``: the upstream's chunks as midtier's internal events, losing nothing
   (text, ``reasoning_content``/``reasoning`` deltas, tool calls by their upstream index,
   the finish reason and usage);
-- ``OpenAIChatEngine``: one pooled ``httpx.AsyncClient`` per upstream; every failure of the
-  exchange is an ``UpstreamError`` with the upstream's status (502 when the exchange itself
-  broke, 504 for a timeout), marked ``retryable`` when nothing was generated. Closing the
-  event stream closes the upstream response, so the upstream stops generating.
+- ``OpenAIChatEngine``: one pooled ``aiohttp.ClientSession`` per upstream (aiohttp rather
+  than httpx: its pool does not check every idle connection's socket on each request, which
+  cost about half of midtier's CPU on this hop); every failure of the exchange is an
+  ``UpstreamError`` with the upstream's status (502 when the exchange itself broke, 504 for
+  a timeout), marked ``retryable`` when nothing was generated. Closing the event stream
+  closes the upstream connection, so the upstream stops generating.
+- ``SSEParser``, ``error_from_body``, ``Timeouts``: shared with the token engine.
 
 Validating the calls against the tool schemas, retries and reordering live in
 ``midtier.loop.upstream``.
@@ -22,11 +25,15 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+import urllib.parse
+import urllib.request
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
+import orjson
 
 from midtier.core.errors import InvalidRequest, UpstreamError, UpstreamTimeout
 from midtier.core.events import (
@@ -50,22 +57,40 @@ _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "tool_ca
                                     "function_call": "tool_calls", "content_filter": "content_filter"}
 
 
+def loads(text: str | bytes) -> Any:
+    """JSON by orjson (a few times json's speed: every streamed chunk is one), or by json
+    where orjson is stricter (NaN, integers beyond 64 bits)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def estimate_tokens(chars: int) -> int:
     """About four characters a token: the count when an upstream reports no usage."""
     return (chars + 3) // 4
 
 
+def request_chars(body: dict[str, Any]) -> int:
+    """The characters of a request's messages and tools, as JSON (non-ASCII escaped, so that
+    a character outside ASCII counts about as many tokens as it usually takes)."""
+    return len(json.dumps(body.get("messages", []))) + len(json.dumps(body.get("tools", [])))
+
+
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds. ``read`` is the longest silence allowed between two bytes of a response."""
+    """Seconds. ``read`` is the longest silence allowed between two bytes of a response;
+    ``pool`` the longest wait for a free pooled connection; ``write`` (httpx clients only)
+    the longest a request's body may take to send."""
 
     connect: float = 10.0
     read: float = 600.0
     write: float = 60.0
     pool: float = 60.0
 
-    def httpx(self) -> httpx.Timeout:
-        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
+    def aiohttp(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=None, connect=self.pool + self.connect, sock_connect=self.connect,
+                                     sock_read=self.read)
 
 
 # -- the request ---------------------------------------------------------------------------------
@@ -235,8 +260,9 @@ class ChunkTranslator:
                 out.append(ToolCallArgsDelta(index, arguments))
         return out
 
-    def end(self, prompt_chars: int = 0) -> list[StreamEvent]:
-        """The last events: each call's ``ToolCallDone`` (by index), then ``Finish``."""
+    def end(self, prompt_chars: int | Callable[[], int] = 0) -> list[StreamEvent]:
+        """The last events: each call's ``ToolCallDone`` (by index), then ``Finish``. When the
+        upstream sent no usage, it is estimated from ``prompt_chars`` (called only then)."""
         out: list[StreamEvent] = []
         for index in sorted(self.calls):
             call = self.calls[index]
@@ -247,7 +273,10 @@ class ChunkTranslator:
         reason = _FINISH.get(self.finish_reason or "stop", "stop")
         if reason != "length" and self.calls:
             reason = "tool_calls"
-        usage = self.usage or Usage(estimate_tokens(prompt_chars), estimate_tokens(self.output_chars))
+        usage = self.usage
+        if usage is None:
+            chars = prompt_chars() if callable(prompt_chars) else prompt_chars
+            usage = Usage(estimate_tokens(chars), estimate_tokens(self.output_chars))
         out.append(Finish(reason, usage))
         return out
 
@@ -294,137 +323,248 @@ def error_from_body(name: str, body: Any, status: int | None) -> UpstreamError:
                          retryable=status in RETRYABLE_STATUS)
 
 
-async def _drain(payloads: AsyncGenerator[tuple[str, str], None]) -> None:
-    async for _ in payloads:
-        pass
-
-
 async def sse_payloads(lines: AsyncIterator[str]) -> AsyncGenerator[tuple[str, str], None]:
-    """(event, data) of each server-sent event; comments and ids are skipped."""
-    event = ""
-    data: list[str] = []
+    """(event, data) of each server-sent event read as lines; comments and ids are skipped."""
+    parser = SSEParser()
     async for line in lines:
+        for item in parser.line(line):
+            yield item
+    for item in parser.close():
+        yield item
+
+
+class SSEParser:
+    """Server-sent events as they arrive: ``feed`` takes bytes cut anywhere (lines may end in
+    ``\\n``, ``\\r\\n`` or ``\\r``) and returns the (event, data) of each event they complete;
+    comments and ids are skipped. ``close`` returns the last event of a stream that ends
+    without a blank line."""
+
+    __slots__ = ("_buf", "_data", "_event", "_skip_lf")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._event = ""
+        self._data: list[str] = []
+        self._skip_lf = False  # the last read ended in \r: a \n first in the next one is its pair
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        if self._skip_lf and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._skip_lf = False
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:
+            self._skip_lf = buf[-1:] == b"\r"
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = buf.rfind(b"\n")
+        if end < 0:
+            self._buf = buf
+            return []
+        self._buf = buf[end + 1:]
+        out: list[tuple[str, str]] = []
+        for line in buf[:end].decode("utf-8", "replace").split("\n"):
+            out += self.line(line)
+        return out
+
+    def line(self, line: str) -> list[tuple[str, str]]:
+        """The event that one whole line (without its end) completes, if any."""
         if not line:
-            if data:
-                yield event or "message", "\n".join(data)
-            event, data = "", []
-        elif line.startswith(":"):
-            continue
-        else:
+            if not self._data:
+                self._event = ""
+                return []
+            out = [(self._event or "message", "\n".join(self._data))]
+            self._event, self._data = "", []
+            return out
+        if line[0] != ":":
             key, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
             if key == "data":
-                data.append(value)
+                self._data.append(value[1:] if value[:1] == " " else value)
             elif key == "event":
-                event = value
-    if data:
-        yield event or "message", "\n".join(data)
+                self._event = value[1:] if value[:1] == " " else value
+        return []
+
+    def close(self) -> list[tuple[str, str]]:
+        out = self.feed(b"\n") if self._buf else []
+        if self._data:
+            out.append((self._event or "message", "\n".join(self._data)))
+            self._event, self._data = "", []
+        return out
+
+
+def proxy_from_env(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``HTTP_PROXY``,
+    ``ALL_PROXY``, minus ``NO_PROXY``), read once: the upstream's address does not change."""
+    parts = urllib.parse.urlsplit(url)
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
 
 
 # -- the engine ----------------------------------------------------------------------------------
 class OpenAIChatEngine:
-    """One upstream Chat Completions server, through one pooled client."""
+    """One upstream Chat Completions server, through one pooled aiohttp session.
+
+    Connections are kept alive and reused (at most ``max_connections`` at once; a request
+    waits up to ``timeouts.pool`` for one). No cookies are kept: the session serves every
+    client of midtier. A proxy named by the environment is used, as by httpx."""
 
     def __init__(self, base_url: str, *, name: str = "upstream", api_key: str | None = None,
                  timeouts: Timeouts | None = None, headers: dict[str, str] | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 max_connections: int = 100) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name
         self.timeouts = timeouts or Timeouts()
-        self.headers = {"accept": "text/event-stream", **(headers or {})}
+        self.max_connections = max_connections
+        self.headers = {"accept": "text/event-stream", "content-type": "application/json", **(headers or {})}
         if api_key:
             self.headers["authorization"] = f"Bearer {api_key}"
-        self._transport = transport
-        self._http: httpx.AsyncClient | None = None
+        self.proxy = proxy_from_env(self.base_url)
+        self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def client(self) -> httpx.AsyncClient:
-        """The pooled client of the running event loop (a pool cannot outlive its loop)."""
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session of the running event loop (a pool cannot outlive its loop)."""
         loop = asyncio.get_running_loop()
-        if self._http is None or self._loop is not loop or self._http.is_closed:
-            self._http = httpx.AsyncClient(base_url=self.base_url + "/", timeout=self.timeouts.httpx(),
-                                           headers=self.headers, transport=self._transport)
+        if self._session is None or self._loop is not loop or self._session.closed:
+            if self._session is not None and not self._session.closed:
+                self._session.detach()  # its loop is gone: its connections went with it
+            connector = aiohttp.TCPConnector(limit=self.max_connections)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self.headers, timeout=self.timeouts.aiohttp(),
+                cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False)
             self._loop = loop
-        return self._http
+            weakref.finalize(self, _forget, self._session, loop)
+        return self._session
 
     async def close(self) -> None:
-        if self._http is not None and self._loop is asyncio.get_running_loop():
-            await self._http.aclose()
-        self._http = None
+        if self._session is not None and self._loop is asyncio.get_running_loop():
+            await self._session.close()
+        self._session = None
 
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[StreamEvent, None]:
         """The events of one streamed request. Closing this generator closes the upstream response."""
         translator = ChunkTranslator(self.name)
-        prompt_chars = len(json.dumps(body.get("messages", []))) + len(json.dumps(body.get("tools", [])))
         try:
-            async with self.client().stream("POST", "chat/completions", json=body) as resp:
-                if resp.status_code >= 400:
-                    raise await self._error(resp)
-                if "text/event-stream" not in resp.headers.get("content-type", ""):
-                    # an upstream that ignores "stream": one whole completion
-                    whole = await resp.aread()
-                    try:
-                        events = translator.feed(json.loads(whole))
-                    except ValueError:
-                        raise translator._malformed(whole.decode("utf-8", "replace")) from None
-                    for event in events + translator.end(prompt_chars):
-                        yield event
-                    return
-                done = False
-                payloads = sse_payloads(resp.aiter_lines())
-                async for kind, data in payloads:
-                    if data.strip() == "[DONE]":
-                        done = True
-                        # read the body's end, so that the connection goes back to the pool
-                        with contextlib.suppress(asyncio.TimeoutError, httpx.HTTPError):
-                            await asyncio.wait_for(_drain(payloads), DRAIN_SECONDS)
-                        break
-                    try:
-                        chunk = json.loads(data)
-                    except ValueError:
-                        raise translator._malformed(data) from None
-                    if kind == "error" and isinstance(chunk, dict) and "error" not in chunk:
-                        chunk = {"error": chunk}
-                    for event in translator.feed(chunk):
-                        yield event
-                if not done and translator.finish_reason is None:
-                    raise UpstreamError(f"upstream {self.name} closed its stream before the response was finished",
-                                        code="upstream_incomplete", retryable=True)
-            for event in translator.end(prompt_chars):
-                yield event
-        except httpx.HTTPError as exc:
+            resp = await self.session().post(self.base_url + "/chat/completions", data=json.dumps(body).encode(),
+                                             proxy=self.proxy)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise self._transport_error(exc) from exc
+        whole = False  # the response was read to its end: its connection may serve another
+        try:
+            if resp.status >= 400:
+                raise await self._error(resp)
+            if "text/event-stream" not in resp.headers.get("content-type", ""):
+                # an upstream that ignores "stream": one whole completion
+                raw = await resp.read()
+                whole = True
+                try:
+                    events = translator.feed(json.loads(raw))
+                except ValueError:
+                    raise translator._malformed(raw.decode("utf-8", "replace")) from None
+                for event in events + translator.end(lambda: request_chars(body)):
+                    yield event
+                return
+            done = False
+            parser = SSEParser()
+            content = resp.content
+            while not done:
+                data = await content.readany()
+                if not data:
+                    break
+                for kind, payload in parser.feed(data):
+                    if payload.strip() == "[DONE]":
+                        done = True
+                        break
+                    for event in self._events(translator, kind, payload):
+                        yield event
+            if not done:
+                for kind, payload in parser.close():
+                    if payload.strip() == "[DONE]":
+                        done = True
+                        break
+                    for event in self._events(translator, kind, payload):
+                        yield event
+                whole = True
+            elif content.at_eof():
+                whole = True
+            else:  # read the body's end, so that the connection goes back to the pool
+                with contextlib.suppress(asyncio.TimeoutError, aiohttp.ClientError):
+                    await asyncio.wait_for(_read_to_end(content), DRAIN_SECONDS)
+                    whole = True
+            if not done and translator.finish_reason is None:
+                raise UpstreamError(f"upstream {self.name} closed its stream before the response was finished",
+                                    code="upstream_incomplete", retryable=True)
+            for event in translator.end(lambda: request_chars(body)):
+                yield event
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise self._transport_error(exc) from exc
+        finally:
+            if whole:
+                resp.release()
+            else:  # closing the connection is how the upstream learns to stop
+                resp.close()
 
-    async def _error(self, resp: httpx.Response) -> UpstreamError:
+    def _events(self, translator: ChunkTranslator, kind: str, payload: str) -> list[StreamEvent]:
+        try:
+            chunk = loads(payload)
+        except ValueError:
+            raise translator._malformed(payload) from None
+        if kind == "error" and isinstance(chunk, dict) and "error" not in chunk:
+            chunk = {"error": chunk}
+        return translator.feed(chunk)
+
+    async def _error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
         raw = b""
-        async for part in resp.aiter_bytes():
-            raw += part
-            if len(raw) >= MAX_ERROR_BODY:
+        while len(raw) < MAX_ERROR_BODY:
+            part = await resp.content.readany()
+            if not part:
                 break
+            raw += part
         text = raw.decode("utf-8", "replace")
         try:
             body: Any = json.loads(text)
         except ValueError:
             body = text
-        return error_from_body(self.name, body, resp.status_code)
+        return error_from_body(self.name, body, resp.status)
 
-    def _transport_error(self, exc: httpx.HTTPError) -> UpstreamError:
+    def _transport_error(self, exc: BaseException) -> UpstreamError:
         where = f"upstream {self.name} ({self.base_url})"
-        if isinstance(exc, httpx.ConnectTimeout):
-            return UpstreamTimeout(f"timed out connecting to {where} after {self.timeouts.connect:g} s",
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return UpstreamTimeout(f"timed out connecting to {where}: no connection within "
+                                   f"{self.timeouts.connect:g} s, or none free within {self.timeouts.pool:g} s",
                                    retryable=True)
-        if isinstance(exc, httpx.ConnectError):
+        if isinstance(exc, aiohttp.ClientConnectorError):
             return UpstreamError(f"could not connect to {where}: {_describe(exc)}",
                                  code="upstream_unavailable", retryable=True)
-        if isinstance(exc, httpx.PoolTimeout):
-            return UpstreamTimeout(f"no free connection to {where} within {self.timeouts.pool:g} s", retryable=True)
-        if isinstance(exc, httpx.ReadTimeout):
+        if isinstance(exc, aiohttp.SocketTimeoutError):
             return UpstreamTimeout(f"{where} sent nothing for {self.timeouts.read:g} s (read timeout)")
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, asyncio.TimeoutError):
             return UpstreamTimeout(f"timed out talking to {where} ({_describe(exc)})")
         # a reset, a connection closed mid-response, a broken chunked encoding
         return UpstreamError(f"the connection to {where} broke ({_describe(exc)})",
                              code="upstream_connection", retryable=True)
+
+
+def _forget(session: aiohttp.ClientSession, loop: asyncio.AbstractEventLoop) -> None:
+    """Drop the session of an engine that was never closed (a server stopped without its
+    shutdown) quietly, as httpx would: its connections close on their loop, or went with it."""
+    if session.closed:
+        return
+    connector = session.connector
+    session.detach()
+    if connector is None:
+        return
+    with contextlib.suppress(RuntimeError):  # the loop may close meanwhile
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: asyncio.ensure_future(connector.close(), loop=loop))
+            return
+    connector._close()  # the loop is closed: only marks the connector closed (no await is possible)
+
+
+async def _read_to_end(content: aiohttp.StreamReader) -> None:
+    while await content.readany():
+        pass
 
 
 def _describe(exc: BaseException) -> str:

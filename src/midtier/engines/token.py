@@ -21,10 +21,11 @@ token ids back, so formats parse exactly what the model wrote, special tokens in
 - ``CompletionTranslator``: the upstream's chunks as ``GenChunk``s. Text is decoded here
   from the token ids (the upstream's own text may skip special tokens); end-of-generation
   tokens the upstream includes are dropped, as the embedded engine never emits them.
-- ``TokenEngine``: the ``Engine`` protocol over one pooled HTTP client. Errors are
-  ``UpstreamError``s as in ``engines.openai_chat`` (whose connection code it shares);
-  failures before the first chunk are retried; closing the generator closes the upstream
-  response, so the upstream stops generating.
+- ``TokenEngine``: the ``Engine`` protocol over one pooled ``httpx`` client (``HttpxUpstream``;
+  a ``transport`` may replace its network). Errors are ``UpstreamError``s as in
+  ``engines.openai_chat`` (whose error mapping and SSE parser it shares); failures before
+  the first chunk are retried; closing the generator closes the upstream response, so the
+  upstream stops generating.
 """
 
 from __future__ import annotations
@@ -41,11 +42,17 @@ from typing import Any, Literal
 
 import httpx
 
-from midtier.core.errors import ContextLengthExceeded, EngineError, InvalidRequest, UpstreamError
+from midtier.core.errors import (
+    ContextLengthExceeded,
+    EngineError,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from midtier.engines.base import Engine, GenChunk, GenerateOptions, TokenizerSpec, TokenLogprob
 from midtier.engines.openai_chat import (
     DRAIN_SECONDS,
-    OpenAIChatEngine,
+    MAX_ERROR_BODY,
     Timeouts,
     error_from_body,
     sse_payloads,
@@ -226,6 +233,76 @@ def _token_id(name: Any) -> int | None:
     return int(m.group(1)) if m else None
 
 
+class HttpxUpstream:
+    """One upstream server through one pooled ``httpx.AsyncClient`` per event loop, with its
+    failures as ``UpstreamError``s (502 when the exchange broke, 504 for a timeout)."""
+
+    def __init__(self, base_url: str, *, name: str = "upstream", api_key: str | None = None,
+                 timeouts: Timeouts | None = None, headers: dict[str, str] | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.name = name
+        self.timeouts = timeouts or Timeouts()
+        self.headers = {"accept": "text/event-stream", **(headers or {})}
+        if api_key:
+            self.headers["authorization"] = f"Bearer {api_key}"
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        """The pooled client of the running event loop (a pool cannot outlive its loop)."""
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._loop is not loop or self._http.is_closed:
+            t = self.timeouts
+            self._http = httpx.AsyncClient(base_url=self.base_url + "/", headers=self.headers,
+                                           timeout=httpx.Timeout(connect=t.connect, read=t.read, write=t.write,
+                                                                 pool=t.pool),
+                                           transport=self._transport)
+            self._loop = loop
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None and self._loop is asyncio.get_running_loop():
+            await self._http.aclose()
+        self._http = None
+
+    async def error(self, resp: httpx.Response) -> UpstreamError:
+        raw = b""
+        async for part in resp.aiter_bytes():
+            raw += part
+            if len(raw) >= MAX_ERROR_BODY:
+                break
+        text = raw.decode("utf-8", "replace")
+        try:
+            body: Any = json.loads(text)
+        except ValueError:
+            body = text
+        return error_from_body(self.name, body, resp.status_code)
+
+    def transport_error(self, exc: httpx.HTTPError) -> UpstreamError:
+        where = f"upstream {self.name} ({self.base_url})"
+        if isinstance(exc, httpx.ConnectTimeout):
+            return UpstreamTimeout(f"timed out connecting to {where} after {self.timeouts.connect:g} s",
+                                   retryable=True)
+        if isinstance(exc, httpx.ConnectError):
+            return UpstreamError(f"could not connect to {where}: {_describe(exc)}",
+                                 code="upstream_unavailable", retryable=True)
+        if isinstance(exc, httpx.PoolTimeout):
+            return UpstreamTimeout(f"no free connection to {where} within {self.timeouts.pool:g} s", retryable=True)
+        if isinstance(exc, httpx.ReadTimeout):
+            return UpstreamTimeout(f"{where} sent nothing for {self.timeouts.read:g} s (read timeout)")
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamTimeout(f"timed out talking to {where} ({_describe(exc)})")
+        # a reset, a connection closed mid-response, a broken chunked encoding
+        return UpstreamError(f"the connection to {where} broke ({_describe(exc)})",
+                             code="upstream_connection", retryable=True)
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 class TokenEngine:
     """An upstream completions server as an ``Engine``; ``vocab`` is the local tokenizer and
     chat template (an engine loaded for its vocabulary only: ``LlamaCppEngine(vocab_only=True)``)."""
@@ -248,8 +325,8 @@ class TokenEngine:
         self.chat_template = vocab.chat_template
         self.bos_token = vocab.bos_token
         self.eos_token = vocab.eos_token
-        self.upstream = OpenAIChatEngine(base_url, name=name, api_key=api_key, timeouts=timeouts,
-                                         headers=headers, transport=transport)
+        self.upstream = HttpxUpstream(base_url, name=name, api_key=api_key, timeouts=timeouts,
+                                      headers=headers, transport=transport)
         self.base_url = self.upstream.base_url
 
     # -- the local vocabulary ------------------------------------------------------------------
@@ -310,7 +387,7 @@ class TokenEngine:
         try:
             async with up.client().stream("POST", "completions", json=body) as resp:
                 if resp.status_code >= 400:
-                    raise await up._error(resp)
+                    raise await up.error(resp)
                 if "text/event-stream" not in resp.headers.get("content-type", ""):
                     whole = await resp.aread()  # an upstream that ignores "stream": one whole completion
                     try:
@@ -343,7 +420,7 @@ class TokenEngine:
                                         code="upstream_incomplete", retryable=translator.generated == 0)
             yield translator.end()
         except httpx.HTTPError as exc:
-            raise up._transport_error(exc) from exc
+            raise up.transport_error(exc) from exc
 
     async def close(self) -> None:
         await self.upstream.close()
@@ -355,4 +432,4 @@ async def _drain(payloads: AsyncGenerator[tuple[str, str], None]) -> None:
         pass
 
 
-__all__ = ["DIALECTS", "CompletionTranslator", "Dialect", "TokenEngine", "request_body"]
+__all__ = ["DIALECTS", "CompletionTranslator", "Dialect", "HttpxUpstream", "TokenEngine", "request_body"]
