@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 from starlette.types import Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -44,17 +45,35 @@ async def run_unless_disconnected(receive: Receive, work: Awaitable[T]) -> tuple
     return True, task.result()
 
 
+#: json's encoder for what orjson refuses (integers beyond 64 bits, keys that are not strings)
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Compact UTF-8 JSON, by orjson (about ten times json's speed: every streamed chunk is one)."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        return _encode(obj).encode()
+
+
 def sse_data(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + json_bytes(obj) + b"\n\n"
 
 
 def sse_event(event: str, obj: Any) -> bytes:
-    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    return f"event: {event}\ndata: {body}\n\n".encode()
+    return b"event: " + event.encode() + b"\ndata: " + json_bytes(obj) + b"\n\n"
 
 
 class EventStreamResponse:
-    """A ``text/event-stream`` response fed by an async iterator of encoded events."""
+    """A ``text/event-stream`` response fed by an async iterator of encoded events.
+
+    The iterator runs in a task of its own that fills a bounded queue; the response sends
+    whatever is waiting in one write. An event that is alone goes out at once; events that
+    came together (one upstream read holding several chunks) share a write, the last with
+    the body's end: a socket write and its ASGI layers cost more than the event itself."""
+
+    QUEUE = 64  # events the producer may run ahead of the socket
 
     def __init__(self, events: AsyncIterator[bytes], on_error: Callable[[BaseException], bytes] | None = None) -> None:
         self.events = events
@@ -64,18 +83,40 @@ class EventStreamResponse:
         await send({"type": "http.response.start", "status": 200, "headers": [
             (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
             (b"x-accel-buffering", b"no")]})
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(self.QUEUE)
 
-        async def pump() -> None:
+        async def produce() -> None:
             try:
                 async for data in self.events:
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                    await queue.put(data)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the stream has started: report in-band, as OpenAI does
                 log.exception("error while streaming")
                 if self.on_error is not None:
-                    await send({"type": "http.response.body", "body": self.on_error(exc), "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await queue.put(self.on_error(exc))
+            await queue.put(None)
+
+        async def pump() -> None:
+            producer = asyncio.ensure_future(produce())
+            try:
+                more = True
+                while more:
+                    item = await queue.get()
+                    parts: list[bytes] = []
+                    while item is not None:
+                        parts.append(item)
+                        if queue.empty():
+                            break
+                        item = queue.get_nowait()
+                    more = item is not None
+                    body = parts[0] if len(parts) == 1 else b"".join(parts)
+                    await send({"type": "http.response.body", "body": body, "more_body": more})
+            finally:
+                if not producer.done():
+                    producer.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await producer
 
         try:
             await run_unless_disconnected(receive, pump())
