@@ -93,6 +93,17 @@ def run(args: argparse.Namespace) -> int:
 
         store = open_store(path=Path(args.data_dir) / DB_NAME) if args.data_dir else open_store()
     app = create_app(models, store=store, tools=tools)
-    log.info("listening on http://%s:%d/v1", args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    loop, http = server_backends()
+    log.info("listening on http://%s:%d/v1 (event loop %s, HTTP parser %s)", args.host, args.port, loop, http)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False, loop=loop, http=http)
     return 0
+
+
+def server_backends() -> tuple[str, str]:
+    """(uvicorn's event loop, its HTTP parser): uvloop and httptools where installed (they are
+    dependencies; an odd platform may lack them), else asyncio's loop and h11."""
+    import importlib.util
+
+    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    http = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
+    return loop, http
