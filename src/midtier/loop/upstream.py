@@ -44,7 +44,13 @@ from midtier.core.events import (
 )
 from midtier.core.messages import Conversation, ToolSpec
 from midtier.engines.base import TokenizerSpec
-from midtier.engines.openai_chat import OpenAIChatEngine, Timeouts, estimate_tokens, request_body
+from midtier.engines.openai_chat import (
+    OpenAIChatEngine,
+    Timeouts,
+    estimate_tokens,
+    request_body,
+    request_chars,
+)
 from midtier.formats.base import custom_grammar_name
 from midtier.loop.turn import TurnTrace
 
@@ -93,18 +99,25 @@ class CallGate:
     upstream: str = "upstream"
     held: dict[int, _Held] = field(default_factory=dict)
     passed: int = 0  # calls passed on; the next one gets this index
-    raw: str = ""  # what the model wrote, for the trace
+    written: list[str] = field(default_factory=list)  # what the model wrote, for the trace (see raw)
     text: list[StreamEvent] = field(default_factory=list)  # held text (tool_choice required)
 
     def __post_init__(self) -> None:
         self.tools = {t.name: t for t in self.conv.tools}
         self.callable = {t.name for t in self.conv.tool_choice.callable_tools(self.conv.tools)}
 
+    @property
+    def raw(self) -> str:
+        """What the model wrote (joined when asked: adding to one string is quadratic)."""
+        if len(self.written) > 1:
+            self.written[:] = ["".join(self.written)]
+        return self.written[0] if self.written else ""
+
     def feed(self, event: StreamEvent) -> list[StreamEvent]:
         if isinstance(event, ReasoningDelta):
             return [event]
         if isinstance(event, TextDelta):
-            self.raw += event.text
+            self.written.append(event.text)
             if self.conv.tool_choice.mode == "required":  # text alone would be invalid: hold it
                 self.text.append(event)
                 return []
@@ -156,7 +169,7 @@ class CallGate:
     def _pass(self, call: _Held, truncated: bool) -> list[StreamEvent]:
         name, arguments = call.start.name, call.arguments or "{}"
         tool = self.tools.get(name)
-        self.raw += json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+        self.written.append(json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False))
         kind: Literal["function", "custom"] = "function"
         if not (truncated and not _complete_json(arguments)):  # a call cut by max_tokens shows as is
             arguments = self._check(name, arguments, tool)
@@ -239,8 +252,7 @@ class UpstreamModel:
         return request_body(conv, self.upstream_model, stream_usage=self.stream_usage, extra_body=self.extra_body)
 
     def prompt_tokens(self, conv: Conversation) -> int:
-        body = self.body(conv)
-        return estimate_tokens(len(json.dumps(body["messages"])) + len(json.dumps(body.get("tools", []))))
+        return estimate_tokens(request_chars(self.body(conv)))
 
     def validate_custom(self, tool: ToolSpec, param: str | None = None) -> None:
         _byte_constrainer().validate_custom(tool, param=param)
@@ -252,7 +264,7 @@ class UpstreamModel:
         trace = trace if trace is not None else TurnTrace()
         body = self.body(conv)
         trace.prompt = json.dumps(body["messages"], ensure_ascii=False)
-        trace.prompt_tokens = self.prompt_tokens(conv)
+        trace.prompt_tokens = estimate_tokens(request_chars(body))
         invalid = failed = 0
         emitted = False
 
@@ -267,7 +279,8 @@ class UpstreamModel:
                     for out in gate.feed(event):
                         if isinstance(out, Finish):
                             trace.prompt_tokens = out.usage.prompt_tokens or trace.prompt_tokens
-                        trace.raw_output = gate.raw
+                        if not isinstance(out, TextDelta):  # current where a reader stops; and at the end
+                            trace.raw_output = gate.raw
                         emitted = True
                         yield out
                 trace.extra["upstream_attempts"] = invalid + failed + 1
@@ -285,6 +298,8 @@ class UpstreamModel:
                             failed, self.max_retries)
                 await asyncio.sleep(delay)
             finally:
+                if emitted:
+                    trace.raw_output = gate.raw
                 await events.aclose()
 
 
