@@ -98,6 +98,14 @@ def test_chunking_counts_o200k_tokens() -> None:
     assert chunk_text("  ") == [] and chunk_text("short") == ["short"]
 
 
+def test_long_texts_are_encoded_in_pieces_like_whole() -> None:
+    from midtier.tools.documents import _encoding, encode
+
+    text = " ".join(f"token{i % 977} naïve café, 東京." for i in range(20_000))  # 500k characters
+    assert encode(text) == _encoding().encode_ordinary(text)
+    assert len(chunk_text(text * 3, 800, 400)) > 100  # three million characters: past bpe-openai's own limit
+
+
 def test_html_extraction_drops_scripts_and_styles() -> None:
     html = b"<html><head><style>p{}</style></head><body><h1>Title</h1><p>A &amp; B</p><script>x()</script></body></html>"
     assert extract_text(html, "page.html") == "Title\n\nA & B"

@@ -139,8 +139,27 @@ def _encoding() -> Any:
         return bpe_openai.get_encoding("o200k_base")
 
 
+_PIECE = 100_000  # characters encoded at once (bpe-openai refuses a million)
+
+
+def encode(text: str) -> list[int]:
+    """o200k tokens of ``text`` of any length: encoded in pieces cut before a space, where the
+    tokenizer's own pre-split cuts too."""
+    enc = _encoding()
+    tokens: list[int] = []
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + _PIECE)
+        if end < len(text):
+            cut = text.rfind(" ", start + 1, end)
+            end = cut if cut > start else end
+        tokens.extend(enc.encode_ordinary(text[start:end]))
+        start = end
+    return tokens
+
+
 def count_tokens(text: str) -> int:
-    return len(_encoding().encode_ordinary(text))
+    return len(encode(text))
 
 
 def chunk_text(text: str, max_tokens: int = AUTO_MAX_TOKENS, overlap: int = AUTO_OVERLAP_TOKENS) -> list[str]:
@@ -149,7 +168,7 @@ def chunk_text(text: str, max_tokens: int = AUTO_MAX_TOKENS, overlap: int = AUTO
     if not text:
         return []
     enc = _encoding()
-    tokens = enc.encode_ordinary(text)
+    tokens = encode(text)
     if len(tokens) <= max_tokens:
         return [text]
     step = max(1, max_tokens - overlap)
