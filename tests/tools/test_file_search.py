@@ -222,3 +222,30 @@ def test_a_vector_store_deleted_meanwhile_is_a_tool_error(tmp_path: Path) -> Non
             await tool.run(tool.start(c, param), c, context(toolbox, param)[0])
 
     scenario(tmp_path, body)
+
+
+def test_a_file_left_in_progress_by_a_stopped_server_is_indexed_when_read(tmp_path: Path) -> None:
+    async def run() -> None:
+        store = open_store(path=tmp_path / "db.sqlite3")
+        try:
+            first = Toolbox(ToolsConfig(), store, tmp_path)
+            service = vector_stores(first)
+            vs = await service.create()
+            meta = await files.create_file(store, DOCS["history.md"].encode(), "history.md", "assistants")
+            await service.add_file(vs["id"], meta["id"])
+            await first.close()  # the server stops before indexing ends: the task is cancelled
+            record = await store.get_record("vector_store_file", f"{vs['id']}:{meta['id']}")
+            assert record is not None and record["status"] == "in_progress"
+
+            second = Toolbox(ToolsConfig(), store, tmp_path)
+            again = vector_stores(second)
+            assert (await again.get_file(vs["id"], meta["id"]))["status"] == "in_progress"
+            await again.wait_idle()
+            assert (await again.get_file(vs["id"], meta["id"]))["status"] == "completed"
+            found = await again.search([vs["id"]], ["founded"])
+            assert found and "1998" in found[0]["content"][0]["text"]
+            await second.close()
+        finally:
+            await store.close()
+
+    asyncio.run(run())
