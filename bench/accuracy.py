@@ -30,7 +30,8 @@ leaked
     ``"name"`` is one of the request's tools, a call-shaped object (``{"name": .., "arguments": ..``)
     naming anything, a fenced JSON block holding a name and arguments, a call written as XML-ish
     text naming one of the tools (``<tools type="function" function="create_task">``,
-    ``<function=create_task>``), or a made-up ``<tool_response>`` block.
+    ``<function=create_task>``). (A model echoing a tool's result in a ``<tool_response>`` block
+    is a poor answer, not a leaked call.)
 
 Comparison rule for arguments (parsed JSON against the expected JSON, recursively):
  - objects: the same keys, each value the same; an optional argument whose value equals the
@@ -248,8 +249,6 @@ def leak(content: str, tool_names: set[str]) -> str | None:
     for m in _XML_CALL.finditer(content):
         if (name := m.group(1) or m.group(2)) in tool_names:
             return f"an XML-ish call of tool {name!r}"
-    if "<tool_response>" in content:
-        return "a made-up <tool_response> block"
     return None
 
 

@@ -65,14 +65,25 @@ def test_a_call_written_as_xml_is_steered_onto_the_real_syntax() -> None:
         assert calls(events) == [("get_weather", {"city": "Paris"})] and text(events) == ""
 
 
-def test_xml_naming_no_tool_and_made_up_tool_responses_become_text() -> None:
-    for stray in ('```xml\n<tools type="function" function="reverse_string">\n<arguments>',
-                  '<tool_response>\n{"temp": 20}\n</tool_response>'):
+def test_xml_naming_no_tool_becomes_text() -> None:
+    for stray in ('```xml\n<tools type="function" function="reverse_string">\n<arguments>',):
         engine = MockEngine()
         engine.enqueue(stray, "Here is how.")
         events, trace = run(engine, Conversation([Message("user", "Reverse a string")], [WEATHER]))
         assert trace.steered == "text", stray
         assert calls(events) == [] and text(events) == "Here is how."
+
+
+def test_an_echo_of_a_tool_result_is_left_alone() -> None:
+    """A small model's way of answering from a result: poor prose, but no call to steer."""
+    echo = '```xml\n<tool_response>\n{"temp_c": 17}\n</tool_response>\n```'
+    engine = MockEngine()
+    engine.enqueue(echo)
+    conv = Conversation([Message("user", "Weather in Paris?"),
+                         Message("assistant", tool_calls=[ToolCall("call_1", "get_weather", '{"city": "Paris"}')]),
+                         Message("tool", '{"temp_c": 17}', tool_call_id="call_1")], [WEATHER])
+    events, trace = run(engine, conv)
+    assert trace.steered is None and text(events) == echo and calls(events) == []
 
 
 def test_prose_cannot_go_on_to_write_a_call_as_text() -> None:

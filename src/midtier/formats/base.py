@@ -329,12 +329,12 @@ def call_schema(tool: ToolSpec, args_key: str = "arguments", name_key: str = "na
 #: a JSON object in a fence of any other language (small models write ```xml {"name": ...})
 STRAY_JSON_START = (r"[ \t\r\n]*(\{|\[[ \t\r\n]*\{|```[ \t]*json|```[ \t]*[A-Za-z]*[ \t\r\n]*\{"
                     r"|```[ \t]*[A-Za-z]*[ \t\r\n]*\[[ \t\r\n]*\{"
-                    r"|(```[ \t]*[A-Za-z]*[ \t\r\n]*)?<(tools?|tool_response|function)[ \t\r\n>=])(?s:.*)")
+                    r"|(```[ \t]*[A-Za-z]*[ \t\r\n]*)?<(tools?|function)[ \t\r\n>=])(?s:.*)")
 #: anywhere in text that is meant to be an answer: a call written as JSON, or the model
 #: echoing its tool definitions (``{"type": "function", "function": {"name": ...``)
 _WS = r"[ \t\r\n]*"
 _CALL_SHAPE = (rf"(\{{{_WS}\"name\"{_WS}:{_WS}\"[^\"]*\"{_WS},{_WS}\"(arguments|parameters)\""
-               rf"|\"function\"{_WS}:{_WS}\{{{_WS}\"name\"|<(tools?|tool_response)[ \t\r\n>]|<function=)")
+               rf"|\"function\"{_WS}:{_WS}\{{{_WS}\"name\"|<tools?[ \t\r\n>]|<function=)")
 CALL_SHAPED_JSON = rf"(?s:.*){_CALL_SHAPE}(?s:.*)"
 #: an answer that starts as prose (not as JSON, a fence or a tag, which auto mode's probe reads
 #: and redirects) and goes on to write a call as text: banned in every answer where tools exist
