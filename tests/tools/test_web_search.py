@@ -158,6 +158,10 @@ def test_search_item_events_output_and_citations(tmp_path: Path, corpus: Path) -
                       "response.web_search_call.completed"]
     assert "ninth of Brumaire" in result.output
     assert result.output.index("https://kelvara.example/notes") < result.output.index("ninth of Brumaire")
+    lines = result.output.splitlines()  # the shape the 0.5B model answers from (see ANSWER_NOW)
+    assert lines[0] == 'Search results for "Zorblat festival date":'
+    assert lines[1] == "1. Kelvara travel notes - https://kelvara.example/notes"
+    assert lines[2].startswith("   ") and lines[-1] == "Now answer the question in one sentence, using these results."
     first = result.citations[0]
     assert first == {"type": "url_citation", "url": "https://kelvara.example/notes", "title": "Kelvara travel notes"}
     AnnotationURLCitation.model_validate({**first, "start_index": 0, "end_index": 1})
@@ -232,7 +236,8 @@ def test_long_page_is_cut_for_the_model(tmp_path: Path) -> None:
     tool = WebSearchTool(box)
     url = (tmp_path / "web" / "long.txt").resolve().as_uri()
     _, result = run(tool, call("open_page", url=url), context(box, {"search_context_size": "low"}, []))
-    assert len(result.output) < 2300 and result.output.endswith("use find_in_page to look for a word]")
+    assert len(result.output) < 2400 and "use find_in_page to look for a word]" in result.output
+    assert result.output.endswith("\n\nNow answer the question in one sentence, using these results.")
 
 
 def test_history_reads_items_back(tmp_path: Path, corpus: Path) -> None:

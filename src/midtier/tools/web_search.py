@@ -58,6 +58,10 @@ SOURCES = "web_search_call.action.sources"
 CONTEXT_SIZES = {"low": (3, 300, 2000), "medium": (5, 400, 4000), "high": (8, 600, 8000)}
 FUNCTIONS = ("web_search", "open_page", "find_in_page")
 MAX_QUERIES = 3  # queries one call may run (a model may write a list)
+# Closing what the model reads: without it, Qwen2.5-Coder-0.5B answers a tool result by echoing it
+# (a fenced <tool_response> block) or by searching again; with it, it answers in prose (the
+# wording matters: "briefly" or without "in one sentence" it searched again).
+ANSWER_NOW = "Now answer the question in one sentence, using these results."
 
 
 class WebProvider(Protocol):
@@ -339,10 +343,11 @@ class WebSearchTool:
             action["sources"] = [{"type": "url", "url": page.url} for page, _ in hits]
         if not hits:
             return ToolResult(f'No results for "{query}". Try other words.')
-        lines = [f'Results for "{query}":']
+        lines = [f'Search results for "{query}":']
         for n, (page, snippet) in enumerate(hits, 1):
-            lines += ["", f"[{n}] {page.title}", f"URL: {page.url}",
-                      " ".join(excerpt(snippet, " ".join(queries), snippet_size).split())]
+            lines += [f"{n}. {page.title} - {page.url}",
+                      "   " + " ".join(excerpt(snippet, " ".join(queries), snippet_size).split())]
+        lines.append(ANSWER_NOW)
         citations = [{"type": "url_citation", "url": page.url, "title": page.title} for page, _ in hits]
         return ToolResult("\n".join(lines), citations=citations)
 
@@ -361,7 +366,7 @@ class WebSearchTool:
         if action["type"] == "open_page":
             text = page.text if len(page.text) <= page_size else (
                 page.text[:page_size].rsplit(" ", 1)[0] + "\n[... the page goes on: use find_in_page to look for a word]")
-            return ToolResult(f"{page.title}\nURL: {page.url}\n\n{text}", citations=[citation])
+            return ToolResult(f"{page.title}\nURL: {page.url}\n\n{text}\n\n{ANSWER_NOW}", citations=[citation])
         pattern = action.get("pattern", "").strip()
         if not pattern:
             raise ToolError("the pattern is empty: say what text to find")
@@ -369,7 +374,7 @@ class WebSearchTool:
         if not found:
             return ToolResult(f'"{pattern}" is not on {page.url}.')
         body = "\n\n".join(f"[{n}] {passage}" for n, passage in enumerate(found, 1))
-        return ToolResult(f'"{pattern}" on {page.title} ({page.url}):\n\n{body}', citations=[citation])
+        return ToolResult(f'"{pattern}" on {page.title} ({page.url}):\n\n{body}\n\n{ANSWER_NOW}', citations=[citation])
 
     # -- history --
     def as_call(self, item: dict[str, Any]) -> ToolCall | None:
