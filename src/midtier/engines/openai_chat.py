@@ -427,8 +427,8 @@ class OpenAIChatEngine:
         """The pooled session of the running event loop (a pool cannot outlive its loop)."""
         loop = asyncio.get_running_loop()
         if self._session is None or self._loop is not loop or self._session.closed:
-            if self._session is not None and not self._session.closed:
-                self._session.detach()  # its loop is gone: its connections went with it
+            if self._session is not None and self._loop is not None:
+                _forget(self._session, self._loop)  # a session of another loop cannot serve this one
             connector = aiohttp.TCPConnector(limit=self.max_connections)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers=self.headers, timeout=self.timeouts.aiohttp(),
@@ -453,7 +453,9 @@ class OpenAIChatEngine:
         whole = False  # the response was read to its end: its connection may serve another
         try:
             if resp.status >= 400:
-                raise await self._error(resp)
+                error = await self._error(resp)
+                whole = resp.content.at_eof()
+                raise error
             if "text/event-stream" not in resp.headers.get("content-type", ""):
                 # an upstream that ignores "stream": one whole completion
                 raw = await resp.read()
