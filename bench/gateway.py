@@ -522,7 +522,7 @@ def main() -> None:
     args = ap.parse_args()
     if len(args.requests) != len(args.levels):
         ap.error("--requests needs one count per level")
-    litellm = None if args.no_litellm else args.litellm
+    litellm = None if args.no_litellm else args.litellm.absolute()  # the servers run in a temporary folder
     if litellm is not None and not litellm.exists():
         ap.error(f"{litellm} not found: run `make bench-gateway` (it creates {BENCH_VENV}) or pass --no-litellm")
     result = asyncio.run(bench(args.levels, args.requests, args.rounds, chunks=args.chunks,
