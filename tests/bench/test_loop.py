@@ -25,7 +25,7 @@ def _load(name: str) -> ModuleType:
     return module
 
 
-bench = _load("loop")
+bench = _load("tool_loop")
 
 
 def test_both_flows_make_the_same_three_calls_on_the_mock_engine(capsys: pytest.CaptureFixture[str]) -> None:

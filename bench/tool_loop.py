@@ -3,7 +3,7 @@
 same steps through a function tool (the common agent pattern: a ``python`` function tool, run
 locally in a fresh subprocess per call, its output sent back with ``previous_response_id``).
 
-    .venv/bin/python bench/loop.py [--rounds 2] [--engine real|mock] [--token-delay-ms 5]
+    .venv/bin/python bench/tool_loop.py [--rounds 2] [--engine real|mock] [--token-delay-ms 5]
 Last line: {"ratio": server-side wall time / client-driven wall time (best of the rounds), ...}
 
 The task is a chain of clues in three files: start.txt names the next file, which names the
