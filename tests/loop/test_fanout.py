@@ -69,3 +69,19 @@ def test_through_a_turn_and_not_when_parallel_is_off() -> None:
     # the grammar refuses the list (the scripted output stops there): never two cities
     assert all("Tokyo" not in e.arguments for e in events if isinstance(e, ToolCallDone))
     assert '"anyOf"' not in trace.prompt
+
+
+def test_a_list_is_short() -> None:
+    """A small model may repeat a list's items until it runs out of tokens: the grammar ends
+    the list at MAX_FAN values."""
+    from midtier.loop.fanout import MAX_FAN
+
+    cities = [f"City{i}" for i in range(MAX_FAN + 4)]
+    listed = ('<tool_call>\n{"name": "get_weather", "arguments": {"city": ' + json.dumps(cities)
+              + "}}\n</tool_call>")
+    engine = MockEngine()
+    engine.enqueue(listed)
+    events, trace = run(engine, Conversation([Message("user", "All of them?")], [WEATHER], ToolChoice("required")))
+    # the grammar refuses a ninth value (the scripted output stops there)
+    assert f'"City{MAX_FAN - 1}"' in trace.raw_output and f'"City{MAX_FAN}"' not in trace.raw_output
+    assert not any(f"City{MAX_FAN}" in getattr(e, "arguments", "") for e in events)

@@ -33,6 +33,9 @@ def fan_parameter(tool: ToolSpec) -> str | None:
     return None
 
 
+MAX_FAN = 8  # calls one listed parameter may fan out into
+
+
 def fan_out_tools(tools: list[ToolSpec]) -> tuple[list[ToolSpec], dict[str, str]]:
     """The tools as the model sees them, and which parameter of which tool may be a list."""
     shown: list[ToolSpec] = []
@@ -47,7 +50,9 @@ def fan_out_tools(tools: list[ToolSpec]) -> tuple[list[ToolSpec], dict[str, str]
         note = "One value, or a list of values to make one call for each."
         described = f"{spec.get('description', '').rstrip('.')}. {note}".lstrip(". ")
         spec.pop("description", None)
-        listed = {"anyOf": [spec, {"type": "array", "items": spec, "minItems": 1}], "description": described}
+        # a small model may repeat a list's items until it runs out of tokens: a list is short
+        listed = {"anyOf": [spec, {"type": "array", "items": spec, "minItems": 1, "maxItems": MAX_FAN}],
+                  "description": described}
         params = {**tool.parameters, "properties": {**tool.parameters["properties"], name: listed}}
         shown.append(replace(tool, parameters=params))
     return shown, fan
