@@ -143,6 +143,8 @@ def test_registry_gives_both_types_the_same_tool(tmp_path: Path, corpus: Path) -
     assert isinstance(box.tool("web_search"), WebSearchTool) and box.tool("web_search").type == "web_search"
     preview = box.tool("web_search_preview")
     assert isinstance(preview, WebSearchTool) and preview.type == "web_search_preview"
+    for dated in ("web_search_2025_08_26", "web_search_preview_2025_03_11"):  # the SDK's dated names
+        assert isinstance(box.tool(dated), WebSearchTool) and box.tool(dated).type == dated
 
 
 def test_search_item_events_output_and_citations(tmp_path: Path, corpus: Path) -> None:

@@ -24,6 +24,8 @@ REGISTRY: dict[str, str] = {
     "file_search": "midtier.tools.file_search:FileSearchTool",
     "web_search": "midtier.tools.web_search:WebSearchTool",
     "web_search_preview": "midtier.tools.web_search:WebSearchPreviewTool",
+    "web_search_2025_08_26": "midtier.tools.web_search:WebSearchDatedTool",
+    "web_search_preview_2025_03_11": "midtier.tools.web_search:WebSearchPreviewDatedTool",
     "mcp": "midtier.tools.mcp:McpTool",
 }
 

@@ -407,3 +407,15 @@ class WebSearchPreviewTool(WebSearchTool):
     ``tool_choice`` names), so a choice of either type finds its tool."""
 
     type: ClassVar[str] = "web_search_preview"
+
+
+class WebSearchDatedTool(WebSearchTool):
+    """``web_search_2025_08_26``: the dated name of the same tool."""
+
+    type: ClassVar[str] = "web_search_2025_08_26"
+
+
+class WebSearchPreviewDatedTool(WebSearchTool):
+    """``web_search_preview_2025_03_11``: the dated name of the preview tool."""
+
+    type: ClassVar[str] = "web_search_preview_2025_03_11"
