@@ -398,6 +398,10 @@ def proxy_from_env(url: str) -> str | None:
     proxy = proxies.get(parts.scheme) or proxies.get("all")
     if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):
         return None
+    if urllib.parse.urlsplit(proxy).scheme not in ("http", "https"):
+        log.warning("the proxy %s named by the environment is not an HTTP proxy: %s is reached directly",
+                    proxy, url)
+        return None
     return proxy
 
 
