@@ -436,6 +436,12 @@ def test_approval_round_trip_through_the_responses_api(client: openai.OpenAI, en
     assert [o.type for o in fourth.output] == ["message"]
     assert "did not approve this call" in engine.detokenize(engine.prompts[-1])
 
+    # an answer to no request is refused, naming it
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="mock", previous_response_id=fourth.id, tools=tools, input=[
+            {"type": "mcp_approval_response", "approval_request_id": "mcpr_unknown", "approve": True}])
+    assert caught.value.body["param"] == "input[0].approval_request_id"  # type: ignore[index]
+
 
 def test_never_requiring_approval_calls_in_one_response(client: openai.OpenAI, engine: MockEngine,
                                                         http_url: str) -> None:

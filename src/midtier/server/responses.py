@@ -286,6 +286,11 @@ def check_call_ids(items: list[dict[str, Any]], context: list[dict[str, Any]], p
         elif item["type"] in ("function_call_output", "custom_tool_call_output") and item["call_id"] not in calls:
             raise InvalidRequest(f"No tool call found for {item['type']} with call_id '{item['call_id']}'.",
                                  param=f"{param}[{i}].call_id", code="invalid_tool_call_id")
+        elif item["type"] == "mcp_approval_response":
+            asked = {x.get("id") for x in context + items[:i] if x.get("type") == "mcp_approval_request"}
+            if item.get("approval_request_id") not in asked:
+                raise InvalidRequest(f"No mcp_approval_request found with id '{item.get('approval_request_id')}'.",
+                                     param=f"{param}[{i}].approval_request_id", code="invalid_value")
 
 
 def _text(parts: Any) -> str:
