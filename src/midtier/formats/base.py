@@ -333,7 +333,8 @@ STRAY_JSON_START = (r"[ \t\r\n]*(\{|\[[ \t\r\n]*\{|```[ \t]*json|```[ \t]*[A-Za-
 #: anywhere in text that is meant to be an answer: a call written as JSON, or the model
 #: echoing its tool definitions (``{"type": "function", "function": {"name": ...``)
 _WS = r"[ \t\r\n]*"
-_CALL_SHAPE = (rf"(\{{{_WS}\"name\"{_WS}:{_WS}\"[^\"]*\"{_WS},{_WS}\"(arguments|parameters)\""
+_Q = "[\"']"  # small models quote keys either way
+_CALL_SHAPE = (rf"(\{{{_WS}{_Q}(name|function|tool){_Q}{_WS}:{_WS}{_Q}[^\"'\n]*{_Q}{_WS},{_WS}{_Q}(arguments|parameters){_Q}"
                rf"|\"function\"{_WS}:{_WS}\{{{_WS}\"name\"|<tools?[ \t\r\n>]|<function=)")
 CALL_SHAPED_JSON = rf"(?s:.*){_CALL_SHAPE}(?s:.*)"
 #: an answer that starts as prose (not as JSON, a fence or a tag, which auto mode's probe reads
