@@ -21,7 +21,7 @@ from midtier.core.messages import ToolCall
 from midtier.store import open_store
 from midtier.store.base import Store
 from midtier.tools import Toolbox, ToolContext, ToolsConfig
-from midtier.tools.code_interpreter import CodeInterpreterTool
+from midtier.tools.code_interpreter import DONE, RETRY, CodeInterpreterTool, repair
 from midtier.tools.containers import Containers
 from midtier.tools.files import create_file
 from midtier.tools.sandbox import STATE_LOST
@@ -87,7 +87,7 @@ def test_a_call_runs_and_fills_its_item(tmp_path: Path) -> None:
         assert done.status == "completed" and done.container_id == item["container_id"]
         assert done.outputs is not None and [o.type for o in done.outputs] == ["logs"]
         assert done.outputs[0].logs == "x is 42"  # type: ignore[union-attr]
-        assert result.output == "x is 42"
+        assert result.output == f"The code printed:\nx is 42\n{DONE}"
         assert [t for t, _ in h.events] == [
             "response.code_interpreter_call.in_progress", "response.code_interpreter_call_code.delta",
             "response.code_interpreter_call_code.done", "response.code_interpreter_call.interpreting",
@@ -101,10 +101,11 @@ def test_state_lives_along_a_scope_and_not_across(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         first, _ = await h.call("total = 40")
         second, seen = await h.call("total + 2")
-        assert seen == "42" and first["container_id"] == second["container_id"]
+        assert seen == f"The code printed:\n42\n{DONE}" and first["container_id"] == second["container_id"]
         other, text = await h.call("total", scope="conv_2")
         assert other["container_id"] != first["container_id"]
-        assert other["status"] == "completed" and "NameError: name 'total' is not defined" in text
+        assert other["status"] == "completed" and text.startswith("It failed:\nTraceback")
+        assert text.endswith(f"NameError: name 'total' is not defined\n{RETRY}")
 
     scenario(tmp_path, body)
 
@@ -112,9 +113,9 @@ def test_state_lives_along_a_scope_and_not_across(tmp_path: Path) -> None:
 def test_outputs_are_shown_only_when_included(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         item, text = await h.call("print('hello')", include=frozenset())
-        assert item["outputs"] is None and text == "hello"
+        assert item["outputs"] is None and text == f"The code printed:\nhello\n{DONE}"
         quiet, text = await h.call("y = 1")
-        assert quiet["outputs"] == [] and text == "(no output: use print() to show values)"
+        assert quiet["outputs"] == [] and text == f"The code ran and printed nothing (use print() to show values).\n{DONE}"
 
     scenario(tmp_path, body)
 
@@ -124,7 +125,7 @@ def test_files_written_become_container_files_and_images_outputs(tmp_path: Path)
         png = base64.b64encode(PNG).decode()
         item, text = await h.call(f"import base64\nopen('plot.png', 'wb').write(base64.b64decode({png!r}))\n"
                                   "open('table.csv', 'w').write('a,b\\n1,2\\n')\nprint('saved')")
-        assert text.startswith("saved\n") and "Files written:" in text
+        assert text.startswith("The code printed:\nsaved\nFiles written:")
         assert "/mnt/data/plot.png" in text and "/mnt/data/table.csv" in text
         assert item["outputs"][1] == {"type": "image", "url": f"data:image/png;base64,{png}"}
         cid = item["container_id"]
@@ -147,8 +148,10 @@ def test_errors_and_limits_are_what_the_model_reads(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         item, text = await h.call("print('start')\n1 / 0")
         assert item["status"] == "completed"
-        assert text.startswith("start\nTraceback") and text.endswith("ZeroDivisionError: division by zero")
-        assert item["outputs"] == [{"type": "logs", "logs": text}]
+        assert text.startswith("The code printed:\nstart\nIt failed:\nTraceback")
+        assert text.endswith(f"ZeroDivisionError: division by zero\n{RETRY}")
+        assert item["outputs"][0]["logs"].startswith("start\nTraceback (most recent call last):")
+        assert item["outputs"][0]["logs"].endswith("ZeroDivisionError: division by zero")
         item, text = await h.call("import os\nwhile True:\n    os.fork()")
         assert item["status"] == "completed" and "BlockingIOError" in text and "processes" in text
         item, text = await h.call("x = bytearray(8 * 1024 ** 3)")
@@ -158,11 +161,11 @@ def test_errors_and_limits_are_what_the_model_reads(tmp_path: Path) -> None:
         item, text = await h.call("open('/etc/evil', 'w')")
         assert "PermissionError" in text and "only the container folder is writable" in text
         item, text = await h.call("import socket\nsocket.create_connection(('10.0.0.1', 80))")
-        assert text.endswith("sandbox: network access is disabled")
+        assert text.endswith(f"sandbox: network access is disabled\n{RETRY}")
         item, text = await h.call("print('y' * 10000)")
-        assert text.endswith("[... 6000 more characters not shown]")
+        assert text.endswith(f"[... 6000 more characters not shown]\n{DONE}")
         item, text = await h.call("print('still alive')")
-        assert text == "still alive"
+        assert text == f"The code printed:\nstill alive\n{DONE}"
 
     scenario(tmp_path, body, model_output_chars=4000)
 
@@ -170,8 +173,8 @@ def test_errors_and_limits_are_what_the_model_reads(tmp_path: Path) -> None:
 def test_a_killed_sandbox_says_its_state_is_gone(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         await h.call("kept = 1")
-        item, text = await h.call("import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n"
-                                  "    pass", timeout=4.5)
+        item, text = await h.call("import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
+                                  "signal.signal(signal.SIGXCPU, signal.SIG_IGN)\nwhile True:\n    pass", timeout=4.5)
         assert item["status"] == "failed" and STATE_LOST in text
         item, text = await h.call("kept")
         assert text.startswith(f"Note: {STATE_LOST}") and "NameError" in text
@@ -191,7 +194,7 @@ def test_cancelling_a_run_stops_the_code(tmp_path: Path) -> None:
             await task
         assert time.monotonic() - started < 1
         _, text = await h.call("print('next')")
-        assert text.endswith("next")
+        assert text.endswith(f"next\n{DONE}")
 
     scenario(tmp_path, body)
 
@@ -205,10 +208,10 @@ def test_an_explicit_container_and_file_ids(tmp_path: Path) -> None:
         assert "Files: numbers.csv." in specs[0].description
         item, text = await h.call("import csv\nprint(sum(int(r['n']) for r in csv.DictReader(open('numbers.csv'))))",
                                   param)
-        assert item["container_id"] == made["id"] and text == "6"
+        assert item["container_id"] == made["id"] and text == f"The code printed:\n6\n{DONE}"
         auto = {"type": "code_interpreter", "container": {"type": "auto", "file_ids": [meta["id"]]}}
         _, text = await h.call("print(open('numbers.csv').read().split())", auto, scope="conv_9")
-        assert text == "['n', '1', '2', '3']"
+        assert text == f"The code printed:\n['n', '1', '2', '3']\n{DONE}"
         with pytest.raises(NotFound):
             await h.tool.functions({"type": "code_interpreter", "container": "cntr_nope"}, h.ctx(param))
         with pytest.raises(NotFound, match="file-missing"):
@@ -264,3 +267,24 @@ def test_history_reads_an_item_back(tmp_path: Path) -> None:
     assert tool.as_output(item) == ("ci_1", "1")
     assert tool.as_output({**item, "outputs": None}) == ("ci_1", "(the output of this call was not kept)")
     assert tool.as_call({"type": "message"}) is None and tool.runs_on_server(AUTO)
+
+
+@pytest.mark.parametrize(("written", "run"), [
+    ("print(total)}", "print(total)"),  # the JSON object closed inside the string
+    ('print(total)"}', "print(total)"),
+    ("a = 1\\nprint(a)", "a = 1\nprint(a)"),  # newlines escaped twice
+    ("x = {1: 2}", "x = {1: 2}"),  # code that parses is never touched
+    ('print("}")', 'print("}")'),
+    ("def f(:", "def f(:"),  # no mend parses: the model reads the SyntaxError
+])
+def test_small_model_slips_are_mended(written: str, run: str) -> None:
+    assert repair(written) == run
+
+
+def test_a_mended_call_runs(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        item, text = await h.call("total = 2 + 3\nprint(total)}")
+        assert item["code"] == "total = 2 + 3\nprint(total)}"  # the item shows the call as the model wrote it
+        assert text == f"The code printed:\n5\n{DONE}"
+
+    scenario(tmp_path, body)

@@ -86,7 +86,7 @@ def test_shell_and_python_share_the_auto_container(tmp_path: Path) -> None:
         (HOSTED, "shell", "sleep 30"),
     ], timeout=5)
     assert "Files written: /mnt/data/nums.txt" in results[0][1].output
-    assert results[1][1].output == "7"
+    assert results[1][1].output.startswith("The code printed:\n7\n")
     assert results[0][0]["environment"]["container_id"] == results[1][0]["container_id"]
     assert results[2][1].output == "$ exit 7\n(no output)\n[exit code 7]"
     assert results[2][1].items[0]["output"][0]["outcome"] == {"type": "exit", "exit_code": 7}

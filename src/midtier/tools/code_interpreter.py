@@ -22,9 +22,11 @@ a container's ``memory_limit``), ``max_sandboxes`` (16 running at once), ``model
 
 from __future__ import annotations
 
+import ast
 import base64
 import json
 import mimetypes
+import re
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
 OUTPUTS = "code_interpreter_call.outputs"
 IMAGE_TYPES = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".svg")
 MAX_IMAGE_BYTES = 2 * 1024 * 1024
+DONE = "Now answer in plain text."
+RETRY = "Fix the code and run it again, or tell the user what went wrong."
 DESCRIPTION = ("Run Python code in a stateful sandbox and read its output; use print() to show results. "
                "Files are in the current folder.")
 
@@ -146,7 +150,7 @@ class CodeInterpreterTool:
         ctx.emit("response.code_interpreter_call.interpreting", {})
         budget = max(0.5, ctx.timeout - GRACE - 1.0)
         try:
-            result, files = await self.containers.run_python(container, code, budget)
+            result, files = await self.containers.run_python(container, repair(code), budget)
         except SandboxError as exc:
             raise ToolError(f"the sandbox is unavailable: {exc}") from exc
         item["status"] = {"timeout": "incomplete", "killed": "failed"}.get(result.outcome, "completed")
@@ -156,17 +160,25 @@ class CodeInterpreterTool:
             outputs += [o for o in [await self._image(container["id"], f) for f in files] if o is not None]
             item["outputs"] = outputs
         ctx.emit("response.code_interpreter_call.completed", {})
-        return ToolResult(self._for_model(result, logs, files))
+        return ToolResult(self._for_model(result, files))
 
-    def _for_model(self, result: PythonResult, logs: str, files: list[dict[str, Any]]) -> str:
+    def _for_model(self, result: PythonResult, files: list[dict[str, Any]]) -> str:
+        """What the model reads: the output framed in words a small model acts on (without the
+        last sentence, Qwen2.5-Coder-0.5B answers a printed number by running the code again)."""
         limit = int(self.settings.get("model_output_chars", 4000))
-        text = truncate(logs, limit) if logs else ("(no output: use print() to show values)" if result.error is None
-                                                  else "")
-        if result.restarted:
-            text = f"Note: {STATE_LOST}\n{text}"
+        printed = result.output.rstrip("\n") + ("\n[output truncated]" if result.truncated else "")
+        parts = [f"Note: {STATE_LOST}"] if result.restarted else []
+        if result.error is None:
+            parts.append(f"The code printed:\n{truncate(printed, limit)}" if printed.strip()
+                         else "The code ran and printed nothing (use print() to show values).")
+        else:
+            if printed.strip():
+                parts.append(f"The code printed:\n{truncate(printed, limit // 2)}")
+            parts.append(f"It failed:\n{truncate(result.error, limit // 2)}")
         if files:
-            text += "\nFiles written: " + ", ".join(f["path"] for f in files)
-        return text.strip()
+            parts.append("Files written: " + ", ".join(f["path"] for f in files))
+        parts.append(DONE if result.error is None else RETRY)
+        return "\n".join(parts)
 
     async def _image(self, container_id: str, record: dict[str, Any]) -> dict[str, Any] | None:
         if not record["path"].lower().endswith(IMAGE_TYPES) or record["bytes"] > MAX_IMAGE_BYTES:
@@ -189,6 +201,25 @@ class CodeInterpreterTool:
         logs = [o.get("logs", "") for o in item.get("outputs") or [] if o.get("type") == "logs"]
         text = "\n".join(logs) if logs else "(the output of this call was not kept)"
         return str(item["id"]), truncate(text, int(self.settings.get("model_output_chars", 4000)))
+
+
+def repair(code: str) -> str:
+    """``code``, or a mended copy when it does not parse and the mend does: small models close the
+    JSON object inside the string (``print(x)}``) or escape its newlines twice (``a = 1\\nb = 2``)."""
+    if _parses(code):
+        return code
+    candidates = [re.sub(r'["}\s]+$', "", code)]
+    if "\\n" in code and "\n" not in code.strip():
+        candidates += [code.replace("\\n", "\n"), re.sub(r'["}\s]+$', "", code.replace("\\n", "\n"))]
+    return next((c for c in candidates if c.strip() and _parses(c)), code)
+
+
+def _parses(code: str) -> bool:
+    try:
+        ast.parse(code)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return False
+    return True
 
 
 def _code(call: ToolCall) -> str:
