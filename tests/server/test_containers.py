@@ -200,3 +200,28 @@ def test_sandbox_limits_end_in_an_error_and_the_server_answers_again(
     after = again.output[0]
     assert isinstance(after, ResponseCodeInterpreterToolCall) and after.outputs is not None
     assert after.outputs[0].logs == "fine"  # type: ignore[union-attr]
+
+
+def test_parallel_calls_share_the_container_one_at_a_time(client: openai.OpenAI, engine: MockEngine) -> None:
+    engine.enqueue(py("import time\ntime.sleep(0.5)\nprint('first')") + "\n" + py("print('second')"), "Both ran.")
+    r = client.responses.create(model="mock", input="Run both.", include=INCLUDE,
+                                tools=[{"type": "code_interpreter", "container": {"type": "auto"}}])
+    ran = [o for o in r.output if isinstance(o, ResponseCodeInterpreterToolCall)]
+    assert len(ran) == 2 and {o.status for o in ran} == {"completed"} and len({o.container_id for o in ran}) == 1
+    assert sorted(o.outputs[0].logs for o in ran if o.outputs) == ["first", "second"]  # type: ignore[union-attr]
+
+
+def test_an_expired_container_is_refused(client: openai.OpenAI, http: TestClient, engine: MockEngine) -> None:
+    made = client.containers.create(name="old", expires_after={"anchor": "last_active_at", "minutes": 1})
+    store = http.app.state.store  # type: ignore[attr-defined]
+    record = http.portal.call(store.get_record, "container", made.id)  # type: ignore[union-attr]
+    record["last_active_at"] -= 120
+    http.portal.call(store.put_record, "container", made.id, record)  # type: ignore[union-attr]
+    assert client.containers.retrieve(made.id).status == "expired"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.containers.files.create(made.id, file=("a.txt", b"a"))
+    assert info.value.code == "container_expired"
+    engine.enqueue(py("print(1)"), "One.")
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model="mock", input="Run.", tools=[{"type": "code_interpreter", "container": made.id}])
+    assert info.value.code == "container_expired"

@@ -34,7 +34,7 @@ PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4
 class Harness:
     def __init__(self, tmp_path: Path, **settings: Any) -> None:
         self.store: Store = open_store(path=tmp_path / "store.sqlite3")
-        self.box = Toolbox(ToolsConfig(settings={"code_interpreter": {"memory_mb": 512, **settings}}), self.store,
+        self.box = Toolbox(ToolsConfig(settings={"code_interpreter": settings}), self.store,
                            tmp_path)
         tool = self.box.tool("code_interpreter")
         assert isinstance(tool, CodeInterpreterTool)

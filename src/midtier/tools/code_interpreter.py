@@ -15,8 +15,8 @@ and ``.done``, ``.interpreting``, ``.completed``. The item ends ``completed`` wh
 sandbox died. Files the code writes become container files (``midtier.tools.containers``).
 
 Settings (``settings["code_interpreter"]``): ``sandbox`` (backend key, ``midtier.tools.sandbox``),
-``isolation``, ``python``, ``uid``, the ``Limits`` fields, ``max_memory_mb`` (4096: the cap on
-a container's ``memory_limit``), ``max_sandboxes`` (16 running at once), ``model_output_chars``
+``isolation``, ``python``, ``uid``, the ``Limits`` fields but ``memory_mb`` (a container's
+``memory_limit`` sets it: 1g is 1024 MB), ``max_memory_mb`` (4096: the cap on that), ``max_sandboxes`` (16 running at once), ``model_output_chars``
 (4000: what the model reads of one call's output).
 """
 

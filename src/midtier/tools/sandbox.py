@@ -17,7 +17,8 @@ state is gone). Isolation, as strong as the machine allows (``isolation`` settin
   worker kills every process it started;
 - ``rlimits``: resource limits, a session of its own, an audit hook confining Python's own file
   and socket use (defense in depth only: a child process is not confined). A root server runs the
-  code as ``uid`` (65534, nobody) in both modes.
+  code as ``uid`` (65534, nobody) in both modes; under ``rlimits`` that user must be able to run
+  the interpreter (``python`` option: a venv inside /root is out of its reach).
 
 Either way: a wall-clock budget per call (a repeating alarm in the worker raises into the code;
 the server kills the worker ``GRACE`` seconds later if it is stuck), RLIMIT_AS (memory),
@@ -129,7 +130,7 @@ def open_sandbox(key: str, folder: Path, limits: Limits, options: dict[str, Any]
 @dataclass
 class _Job:
     request: dict[str, Any]
-    deadline: float  # monotonic time after which the worker is killed
+    budget: float  # seconds the worker gets once the job holds it (it is killed past that and GRACE)
     worker: _Worker | None = None  # set once it holds the worker (it was sent)
     cancelled: bool = False
 
@@ -190,7 +191,7 @@ class SubprocessSandbox:
 
     # -- calls -----------------------------------------------------------------------------------------
     async def _call(self, request: dict[str, Any], timeout: float) -> tuple[dict[str, Any], bool]:
-        job = _Job(request, time.monotonic() + timeout + GRACE)
+        job = _Job(request, timeout + GRACE)
         try:
             return await asyncio.shield(asyncio.to_thread(self._roundtrip, job))
         except asyncio.CancelledError:
@@ -210,16 +211,17 @@ class SubprocessSandbox:
                 restarted = self._lost is not None
                 self._worker = self._start()
             worker = job.worker = self._worker
+            deadline = time.monotonic() + job.budget  # from now: waiting for the lock is not the code's time
             try:
                 assert worker.proc.stdin is not None
                 worker.proc.stdin.write((json.dumps(job.request) + "\n").encode())
                 worker.proc.stdin.flush()
-                reply = self._read(worker, job.deadline)
+                reply = self._read(worker, deadline)
             except (BrokenPipeError, OSError, ValueError) as exc:
                 reply = None
                 log.debug("sandbox %s: %s", self.folder.name, exc)
             if reply is None:  # out of time, or the worker died: it goes, with its state
-                timed_out = time.monotonic() >= job.deadline
+                timed_out = time.monotonic() >= deadline
                 why = ("the code ran past its time budget and did not stop" if timed_out
                        else "the call was cancelled" if job.cancelled else self._exit_reason(worker))
                 self._kill(worker, why)
