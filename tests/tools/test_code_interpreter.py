@@ -288,3 +288,25 @@ def test_a_mended_call_runs(tmp_path: Path) -> None:
         assert text == f"The code printed:\n5\n{DONE}"
 
     scenario(tmp_path, body)
+
+
+def test_matplotlib_figures_become_images(tmp_path: Path) -> None:
+    """The sandbox saves open pyplot figures after each call (a stand-in pyplot here: matplotlib is
+    not installed on this machine)."""
+    png = base64.b64encode(PNG).decode()
+    fake = ("import sys, types, base64\npyplot = types.ModuleType('matplotlib.pyplot')\n"
+            "class Figure:\n    def savefig(self, path):\n"
+            f"        open(path, 'wb').write(base64.b64decode({png!r}))\n"
+            "figures = {1: Figure()}\npyplot.get_fignums = lambda: sorted(figures)\n"
+            "pyplot.figure = lambda n: figures[n]\n"
+            "pyplot.close = lambda f: figures.clear()\nsys.modules['matplotlib.pyplot'] = pyplot\nprint('drawn')")
+
+    async def body(h: Harness) -> None:
+        item, text = await h.call(fake)
+        assert item["outputs"] == [{"type": "logs", "logs": "drawn"},
+                                   {"type": "image", "url": f"data:image/png;base64,{png}"}]
+        assert "Files written: /mnt/data/figure_1_1.png" in text
+        again, _ = await h.call("print('no new figure')")
+        assert [o["type"] for o in again["outputs"]] == ["logs"]
+
+    scenario(tmp_path, body)

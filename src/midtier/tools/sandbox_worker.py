@@ -331,6 +331,7 @@ class Worker:
         finally:
             self.running = False
             resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+        self._save_figures()
         output, truncated = self._collect(capture, cap)
         self._after_call()
         return {"output": output, "truncated": truncated, "error": error, "outcome": outcome}
@@ -347,6 +348,20 @@ class Worker:
             if value is not None:
                 self.globals["_"] = value
                 print(repr(value))
+
+    def _save_figures(self) -> None:
+        """Figures the code drew with matplotlib (when the sandbox has it) become PNG files of the
+        folder, as a notebook shows them; the server lists them as the call's images."""
+        pyplot = sys.modules.get("matplotlib.pyplot")
+        if pyplot is None:
+            return
+        try:
+            for number in list(pyplot.get_fignums()):
+                figure = pyplot.figure(number)
+                figure.savefig(f"figure_{self.cells}_{number}.png")
+                pyplot.close(figure)
+        except Exception as exc:  # the code's own figure trouble: said in its output
+            print(f"(the figures could not be saved: {type(exc).__name__}: {exc})", file=sys.stderr)
 
     def _stopped(self, budget: float) -> str:
         if self.stop_reason == "cpu":
