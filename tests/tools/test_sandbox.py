@@ -297,3 +297,22 @@ def test_sandboxes_are_separate(shared_folder: Path) -> None:
     finally:
         asyncio.run(a.close())
         asyncio.run(b.close())
+
+
+def test_an_interpreter_living_under_tmp_runs(tmp_path: Path) -> None:
+    """A checkout under /tmp (a CI clone there) puts the interpreter's venv where the sandbox mounts
+    its own /tmp: the venv is bound inside that /tmp, not hidden by it or in its way."""
+    venv = tempfile.mkdtemp(prefix="midtier-venv-", dir="/tmp")
+    os.chmod(venv, 0o755)  # as a clone is: the code runs as a user of its own
+    try:
+        import venv as venv_module
+        venv_module.EnvBuilder(with_pip=False, symlinks=True).create(venv)
+        box = SubprocessSandbox(tmp_path / "c", LIMITS, {"isolation": "auto", "python": f"{venv}/bin/python"})
+        try:
+            result = run(box, "import sys, os\nprint(sys.prefix == %r, os.path.isdir('/tmp'))" % venv)
+            assert result.error is None and result.output == "True True\n", result
+            assert "scratch" in run(box, "open('/tmp/x', 'w').write('scratch')\nopen('/tmp/x').read()").output
+        finally:
+            asyncio.run(box.close())
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)

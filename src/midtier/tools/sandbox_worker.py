@@ -160,6 +160,9 @@ def _build_root(cfg: dict[str, Any]) -> list[str]:
     mnt, notes = cfg["mountpoint"], []
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", mnt, "tmpfs", MS_NOSUID | MS_NODEV, "size=8m,mode=0755")
+    # /tmp first: a Python that lives under /tmp (a checkout there) is bound inside it, not hidden by it
+    os.makedirs(mnt + "/tmp")
+    _mount("tmpfs", mnt + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['tmp_mb']}m,mode=1777")
     bound: list[str] = []
     for path in sorted({*SYSTEM, *_python_dirs()}):
         if not any(path == b or path.startswith(b + "/") for b in bound) and _bind(path, mnt, read_only=True):
@@ -181,8 +184,6 @@ def _build_root(cfg: dict[str, Any]) -> list[str]:
         _mount("proc", mnt + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except OSError as exc:
         notes.append(f"no /proc ({exc.strerror})")
-    os.makedirs(mnt + "/tmp")
-    _mount("tmpfs", mnt + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={cfg['tmp_mb']}m,mode=1777")
     os.makedirs(mnt + DATA)
     _mount(cfg["folder"], mnt + DATA, None, MS_BIND | MS_REC)
     _mount(None, mnt + DATA, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | _locked(mnt + DATA))
