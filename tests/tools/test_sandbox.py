@@ -309,7 +309,7 @@ def test_an_interpreter_living_under_tmp_runs(tmp_path: Path) -> None:
         venv_module.EnvBuilder(with_pip=False, symlinks=True).create(venv)
         box = SubprocessSandbox(tmp_path / "c", LIMITS, {"isolation": "auto", "python": f"{venv}/bin/python"})
         try:
-            result = run(box, "import sys, os\nprint(sys.prefix == %r, os.path.isdir('/tmp'))" % venv)
+            result = run(box, f"import sys, os\nprint(sys.prefix == {venv!r}, os.path.isdir('/tmp'))")
             assert result.error is None and result.output == "True True\n", result
             assert "scratch" in run(box, "open('/tmp/x', 'w').write('scratch')\nopen('/tmp/x').read()").output
         finally:
