@@ -300,3 +300,25 @@ def test_cancelling_a_background_response_stops_its_tools(client: openai.OpenAI,
     while not tool.cancelled.is_set() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert tool.cancelled.is_set()
+
+
+def test_max_output_tokens_bounds_all_turns_together(client: openai.OpenAI, engine: MockEngine,
+                                                     tool: FakeInterpreter) -> None:
+    first = len(engine.tokenize(py("1")))
+    engine.enqueue(py("1"), "The answer is a long sentence that does not fit.")
+    r = client.responses.create(model="mock", input="go", tools=[INTERPRETER], max_output_tokens=first + 3)
+    assert tool.ran == ["1"]
+    assert r.status == "incomplete" and r.incomplete_details is not None
+    assert r.incomplete_details.reason == "max_output_tokens"
+    assert r.usage is not None and r.usage.output_tokens == first + 3
+
+
+def test_a_call_that_spends_the_whole_budget_ends_the_response(client: openai.OpenAI, engine: MockEngine,
+                                                               tool: FakeInterpreter) -> None:
+    first = len(engine.tokenize(py("1")))
+    engine.enqueue(py("1"), "never read")
+    r = client.responses.create(model="mock", input="go", tools=[INTERPRETER], max_output_tokens=first)
+    assert tool.ran == ["1"] and len(engine.prompts) == 1
+    assert r.status == "incomplete" and r.incomplete_details is not None
+    assert r.incomplete_details.reason == "max_output_tokens"
+    assert [o.type for o in r.output] == ["code_interpreter_call"]

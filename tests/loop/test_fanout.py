@@ -28,6 +28,15 @@ def test_the_fanned_parameter_is_the_first_required_scalar() -> None:
     assert shown[1] is NO_ARGS and WEATHER.parameters["properties"]["city"] == {"type": "string"}
 
 
+def test_a_tool_may_refuse_lists() -> None:
+    """Search tools do: Qwen2.5-Coder-0.5B filled a file_search query list with six synonyms."""
+    search = ToolSpec("file_search", "Search", {"type": "object", "properties": {"query": {"type": "string"}},
+                                                "required": ["query"]}, fan_out=False)
+    assert fan_parameter(search) is None
+    shown, fan = fan_out_tools([search, WEATHER])
+    assert fan == {"get_weather": "city"} and shown[0] is search
+
+
 def test_a_list_becomes_one_call_per_value() -> None:
     ids = iter(["call_b", "call_c"])
     fan = FanOut({"get_weather": "city"}, lambda: next(ids))

@@ -16,7 +16,7 @@ from midtier.core.errors import InvalidRequest, NotFound
 from midtier.core.messages import ToolCall
 from midtier.store import open_store
 from midtier.tools import Toolbox, ToolContext, ToolError, ToolsConfig, files
-from midtier.tools.file_search import FileSearchTool
+from midtier.tools.file_search import ANSWER_NOW, FileSearchTool
 from midtier.tools.vector_stores import vector_stores
 
 DOCS = {
@@ -83,6 +83,7 @@ def test_run_finds_the_passage_and_fills_the_item(tmp_path: Path) -> None:
         assert parsed.results[0].filename == "parking.txt" and "7391" in (parsed.results[0].text or "")
         assert 0 < (parsed.results[0].score or 0) <= 1
         assert "7391" in result.output and "parking.txt" in result.output
+        assert result.output.endswith(ANSWER_NOW)  # what makes a small model answer, not search again
         assert result.citations[0] == {"type": "file_citation", "file_id": parsed.results[0].file_id,
                                        "filename": "parking.txt"}
 

@@ -53,6 +53,9 @@ class ToolSpec:
     kind: Literal["function", "custom"] = "function"
     # custom tools: None (free text) or (syntax, definition) with syntax "lark" or "regex"
     grammar: tuple[str, str] | None = None
+    # whether parallel calls may be asked of the model as a list of values (loop/fanout.py); a
+    # search tool says no: a small model fills a list with synonyms of one query
+    fan_out: bool = True
 
     def to_openai(self) -> dict[str, Any]:
         """The Chat Completions shape chat templates are written for. A custom tool shows as a

@@ -9,7 +9,8 @@ each under the wall-clock budget), their outputs join the conversation and the m
 another turn. The loop ends at a turn with no built-in call, at a turn that made a call for
 the client (function, custom, or a client-side tool), when a call waits for approval, or at
 a limit: ``max_tool_calls`` (calls of every kind; when none are left the next turn may not
-call), the turn budget (the last turn may not call). A forcing ``tool_choice`` (required, a
+call), the turn budget (the last turn may not call), ``max_output_tokens`` (it bounds the output of all
+turns together: a turn gets what is left, and none is left ends the response as incomplete). A forcing ``tool_choice`` (required, a
 named tool) applies to the first turn only, else the model could never answer. A tool that
 fails or overruns hands the model an error text; it never fails the response. Closing the
 generator (a cancelled response, a client gone) cancels running tools.
@@ -114,6 +115,12 @@ class ToolLoop:
             turn_choice = ToolChoice("none", None, choice.parallel) if last or left == 0 else choice
             turn_choice = replace(turn_choice, parallel=turn_choice.parallel and left != 1)
             this = replace(conv, tool_choice=turn_choice)
+            budget = conv.sampling.max_tokens  # max_output_tokens bounds the whole response, every turn
+            if budget is not None:
+                if usage.completion_tokens >= budget:
+                    yield Finish("length", usage)
+                    return
+                this = replace(this, sampling=replace(conv.sampling, max_tokens=budget - usage.completion_tokens))
             text, reasoning = [], []
             pending: dict[int, list[str]] = {}  # a built-in call's index -> [id, name, arguments]
             calls: list[ToolCall] = []  # every call of this turn, in order

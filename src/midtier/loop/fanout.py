@@ -23,7 +23,7 @@ _SCALARS = ("string", "integer", "number")
 
 def fan_parameter(tool: ToolSpec) -> str | None:
     """The parameter a list may stand for, or None: the first required scalar one."""
-    if tool.kind != "function":
+    if tool.kind != "function" or not tool.fan_out:
         return None
     props = tool.parameters.get("properties") or {}
     for name in tool.parameters.get("required") or []:

@@ -128,7 +128,7 @@ class CodeInterpreterTool:
         return [ToolSpec(self.function, description, {
             "type": "object",
             "properties": {"code": {"type": "string", "description": "The Python code to run."}},
-            "required": ["code"]})]
+            "required": ["code"]}, fan_out=False)]
 
     def start(self, call: ToolCall, param: dict[str, Any]) -> dict[str, Any]:
         resolved = self._resolved.get(id(param))

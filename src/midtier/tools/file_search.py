@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 FUNCTION = "file_search"
 INCLUDE_RESULTS = "file_search_call.results"
+# Closing what the model reads, as web_search does: without it Qwen2.5-Coder-0.5B searched again
+# with other words (six parallel searches, then more) or echoed the passages in a <tool_response> block.
+ANSWER_NOW = "Now answer the question in one sentence, using these passages."
 _PARAMS = {"type", "vector_store_ids", "filters", "max_num_results", "ranking_options"}
 
 
@@ -115,7 +118,8 @@ class FileSearchTool:
                         "answering; then answer from the passages it returns.",
             parameters={"type": "object", "properties": {
                 "query": {"type": "string", "description": "What to look for, in a few keywords."}},
-                "required": ["query"]})]
+                "required": ["query"]},
+            fan_out=False)]
 
     def start(self, call: ToolCall, param: dict[str, Any]) -> dict[str, Any]:
         return {"id": new_id("fs_"), "type": "file_search_call", "status": "in_progress",
@@ -157,6 +161,7 @@ class FileSearchTool:
         lines = [f"Passages from the files for {json.dumps(query, ensure_ascii=False)}:"]
         for i, r in enumerate(results, 1):
             lines.append(f"[{i}] {r['filename']}: {excerpt(r['text'], query, self.excerpt_chars)}")
+        lines.append(ANSWER_NOW)
         return "\n".join(lines)
 
     def as_call(self, item: dict[str, Any]) -> ToolCall | None:

@@ -72,7 +72,7 @@ class ShellTool:
         return [ToolSpec(FUNCTION, LOCAL_DESCRIPTION if local else DESCRIPTION, {
             "type": "object",
             "properties": {"command": {"type": "string", "description": "The command line to run, e.g. ls -la"}},
-            "required": ["command"]})]
+            "required": ["command"]}, fan_out=False)]
 
     def start(self, call: ToolCall, param: dict[str, Any]) -> dict[str, Any]:
         env = param.get("environment") or {}

@@ -271,7 +271,7 @@ class WebSearchTool:
             "Search the web. Returns the best pages, each with its title, URL and the passage that matches. "
             "Use it to look up facts you do not know, then answer from the results and name the URL you used.",
             {"type": "object", "properties": {"query": {"type": "string", "description": "what to search for"}},
-             "required": ["query"]})]
+             "required": ["query"]}, fan_out=False)]
         if self._settings().get("browse", True):
             specs += [
                 ToolSpec("open_page", "Read the text of a web page, given its URL from web_search results.",
