@@ -322,3 +322,28 @@ def test_a_call_that_spends_the_whole_budget_ends_the_response(client: openai.Op
     assert r.status == "incomplete" and r.incomplete_details is not None
     assert r.incomplete_details.reason == "max_output_tokens"
     assert [o.type for o in r.output] == ["code_interpreter_call"]
+
+
+def shell_call(command: str) -> str:
+    return "<tool_call>\n" + json.dumps({"name": "shell", "arguments": {"command": command}}) + "\n</tool_call>"
+
+
+@pytest.mark.parametrize("tool_param", [{"type": "local_shell"}, {"type": "shell", "environment": {"type": "local"}}])
+def test_a_shell_the_client_runs_ends_the_response_and_its_output_comes_back(
+        client: openai.OpenAI, engine: MockEngine, tool: FakeInterpreter, tool_param: Any) -> None:
+    engine.enqueue(shell_call("ls -la"), "There are two files.")
+    r = client.responses.create(model="mock", input="list the files", tools=[tool_param])
+    assert len(engine.prompts) == 1  # nothing ran on the server, the model waits for the client
+    assert [o.type for o in r.output] == [f"{tool_param['type']}_call"]
+    call: Any = r.output[0]
+    assert call.status == "completed"
+    if tool_param["type"] == "local_shell":
+        assert call.action.command == ["bash", "-lc", "ls -la"]
+        output: Any = {"type": "local_shell_call_output", "id": call.call_id, "output": "a.txt\nb.txt"}
+    else:
+        assert call.action.commands == ["ls -la"]
+        output = {"type": "shell_call_output", "call_id": call.call_id, "output": [
+            {"stdout": "a.txt\nb.txt", "stderr": "", "outcome": {"type": "exit", "exit_code": 0}}]}
+    again = client.responses.create(model="mock", previous_response_id=r.id, input=[output], tools=[tool_param])
+    assert again.output_text == "There are two files."
+    assert "a.txt\nb.txt" in prompt(engine)

@@ -7,7 +7,8 @@ client calls as ``ServedModel.stream`` makes them) and of every built-in tool ex
 After each turn: if the model called built-in tools, they run (all of them, concurrently,
 each under the wall-clock budget), their outputs join the conversation and the model has
 another turn. The loop ends at a turn with no built-in call, at a turn that made a call for
-the client (function, custom, or a client-side tool), when a call waits for approval, or at
+the client (function, custom, or a built-in the client runs: ``local_shell``, a ``local`` shell,
+whose item ends the response for the client to answer), when a call waits for approval, or at
 a limit: ``max_tool_calls`` (calls of every kind; when none are left the next turn may not
 call), the turn budget (the last turn may not call), ``max_output_tokens`` (it bounds the output of all
 turns together: a turn gets what is left, and none is left ends the response as incomplete). A forcing ``tool_choice`` (required, a
@@ -146,8 +147,15 @@ class ToolLoop:
                         if event.index in pending:
                             cid, name, _ = pending.pop(event.index)
                             call = ToolCall(cid, name, event.arguments)
-                            builtin_calls.append(call)
                             calls.append(call)
+                            b = by_name[name]
+                            if b.tool.runs_on_server(b.param):
+                                builtin_calls.append(call)
+                            else:  # a client-side built-in (local_shell): its item goes to the client
+                                client_call = True
+                                item = {**b.tool.start(call, b.param), "status": "completed"}
+                                yield ItemStart(dict(item))
+                                yield ItemDone(item)
                             continue
                         calls.append(_client_call(event, self.trace))
                     elif isinstance(event, TextDelta):
