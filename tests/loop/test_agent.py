@@ -347,3 +347,17 @@ def test_a_shell_the_client_runs_ends_the_response_and_its_output_comes_back(
     again = client.responses.create(model="mock", previous_response_id=r.id, input=[output], tools=[tool_param])
     assert again.output_text == "There are two files."
     assert "a.txt\nb.txt" in prompt(engine)
+
+
+def test_a_container_file_is_cited_where_the_answer_names_it() -> None:
+    from openai.types.responses.response_output_text import AnnotationContainerFileCitation
+
+    from midtier.loop.agent import _place
+    cited = {"type": "container_file_citation", "container_id": "cntr_1", "file_id": "cfile_1",
+             "filename": "plot.png", "path": "/mnt/data/plot.png"}
+    text = "Saved the chart to sandbox:/mnt/data/plot.png for you."
+    [placed] = _place([cited], text)
+    annotation = AnnotationContainerFileCitation.model_validate(placed)
+    assert text[annotation.start_index:annotation.end_index] == "/mnt/data/plot.png"
+    assert "path" not in placed
+    assert _place([cited], "Done, the chart is ready.") == []  # an answer that names no file cites none

@@ -58,6 +58,7 @@ class Harness:
         item = self.tool.start(call, param)
         result = await self.tool.run(item, call, context)
         ResponseCodeInterpreterToolCall.model_validate(item)
+        self.citations = result.citations
         return item, result.output
 
 
@@ -133,6 +134,10 @@ def test_files_written_become_container_files_and_images_outputs(tmp_path: Path)
         assert set(files) == {"/mnt/data/plot.png", "/mnt/data/table.csv"}
         assert files["/mnt/data/table.csv"]["source"] == "assistant" and files["/mnt/data/table.csv"]["bytes"] == 8
         assert await h.containers.read_file(cid, files["/mnt/data/table.csv"]) == b"a,b\n1,2\n"
+        # the answer may cite them: container_file_citation (placed by the loop where the answer names one)
+        assert sorted((c["type"], c["filename"], c["file_id"], c["container_id"]) for c in h.citations) == [
+            ("container_file_citation", "plot.png", files["/mnt/data/plot.png"]["id"], cid),
+            ("container_file_citation", "table.csv", files["/mnt/data/table.csv"]["id"], cid)]
         # changed and deleted files are seen on the next call; a link the code makes is never followed
         _, text = await h.call("import os\nos.remove('plot.png')\nopen('table.csv', 'a').write('3,4\\n')\n"
                                "os.symlink('/etc/passwd', 'passwd')")

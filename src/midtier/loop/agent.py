@@ -327,7 +327,8 @@ def _as_messages(tool: BuiltinTool, item: dict[str, Any]) -> list[Message]:
 
 def _place(citations: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
     """The citations for an answer, placed: on the span naming their URL or title when the text
-    has one, else at the end of the text (a file citation's ``index``)."""
+    has one, else at the end of the text (a file citation's ``index``); a container file on the
+    span naming its path or name, and only when the text names it."""
     if not text.strip():
         return []
     out: list[dict[str, Any]] = []
@@ -337,6 +338,13 @@ def _place(citations: list[dict[str, Any]], text: str) -> list[dict[str, Any]]:
             needle = next((n for n in (citation.get("url"), citation.get("title")) if n and n in text), None)
             start = text.find(needle) if needle else 0
             placed.update(start_index=start, end_index=start + len(needle) if needle else len(text))
+        elif citation.get("type") == "container_file_citation":
+            path = placed.pop("path", None)
+            needle = next((n for n in (path, citation.get("filename")) if n and n in text), None)
+            if needle is None:  # a file the answer does not name is not cited
+                continue
+            start = text.find(needle)
+            placed.update(start_index=start, end_index=start + len(needle))
         else:
             placed.setdefault("index", len(text))
         out.append(placed)

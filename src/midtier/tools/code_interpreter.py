@@ -160,7 +160,10 @@ class CodeInterpreterTool:
             outputs += [o for o in [await self._image(container["id"], f) for f in files] if o is not None]
             item["outputs"] = outputs
         ctx.emit("response.code_interpreter_call.completed", {})
-        return ToolResult(self._for_model(result, files))
+        # the files the code wrote: the answer cites them (container_file_citation), as OpenAI's does
+        citations = [{"type": "container_file_citation", "container_id": container["id"], "file_id": f["id"],
+                      "filename": f["path"].rsplit("/", 1)[-1], "path": f["path"]} for f in files]
+        return ToolResult(self._for_model(result, files), citations=citations)
 
     def _for_model(self, result: PythonResult, files: list[dict[str, Any]]) -> str:
         """What the model reads: the output framed in words a small model acts on (without the
