@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,15 @@ def test_store_section_opens_the_store(tmp_path: Path) -> None:
     assert store is not None
     asyncio.run(store.close())
     assert parse_config({"models": {"m": {"engine": "openai_chat", "base_url": "http://x/v1"}}}).open_store() is None
+
+
+def test_a_store_whose_driver_is_missing_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "asyncpg", None)  # as if the postgres extra were not installed
+    monkeypatch.delitem(sys.modules, "midtier.store.postgres", raising=False)
+    config = parse_config({"models": {"m": {"engine": "openai_chat", "base_url": "http://x/v1"}},
+                           "store": {"kind": "postgres", "dsn": "postgresql://x/y"}})
+    with pytest.raises(ConfigError, match=r"store: the postgres store cannot load: .*pip install 'midtier\[postgres\]'"):
+        config.open_store()
 
 
 @pytest.mark.parametrize(("text", "message"), [

@@ -36,7 +36,11 @@ def store_class(kind: str) -> type[Any]:
     except KeyError:
         raise KeyError(f"unknown store {kind!r}; registered: {', '.join(sorted(REGISTRY))}") from None
     module, _, name = target.partition(":")
-    cls: type[Any] = getattr(importlib.import_module(module), name)
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as exc:  # a backend's driver is an extra (postgres: asyncpg)
+        raise ValueError(f"the {kind} store cannot load: {exc}") from exc
+    cls: type[Any] = getattr(loaded, name)
     return cls
 
 
