@@ -230,7 +230,7 @@ _NAMED = re.compile(r"""["']name["']\s*:\s*["']([^"'\n]{1,80})["']""")
 _CALL_SHAPE = re.compile(
     r"""\{\s*["'](?:name|function|tool)["']\s*:\s*["'][^"'\n]+["']\s*,\s*["'](?:arguments|parameters)["']\s*:""")
 _FENCE = re.compile(r"```[ \t]*(?:json)?[ \t]*\n(.*?)(?:```|\Z)", re.S)
-_XML_CALL = re.compile(r"""<(?:tools?|function|tool_call)\b[^>]*?\b(?:function|name)\s*=\s*["']?([\w.-]+)"""
+_XML_CALL = re.compile(r"""<(?:tools?|function|tool_call)[^>]*?\b(?:function|name)\s*=\s*["']?([\w.-]+)"""
                        r"|<function=([\w.-]+)")
 
 

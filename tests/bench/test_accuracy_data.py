@@ -130,5 +130,6 @@ def test_leak_detection() -> None:
     assert bench.leak('{"name": "Maria"}', names) is None
     assert bench.leak('```xml\n<tools type="function" function="get_weather">\n<arguments>', names)
     assert bench.leak("<function=get_weather>\n<parameter=city>Paris", names)
+    assert bench.leak('```xml\n<toolsFunction name="get_weather">\n  <arguments>', names)
     assert bench.leak('<tools type="function" function="lookup">', names) is None  # names no tool
     assert bench.leak('<tool_response>\n{"temp": 20}\n</tool_response>', names) is None  # an echo, no call

@@ -161,3 +161,7 @@ def test_an_answer_leaks_no_call_anywhere() -> None:
     assert constrainer.accepts(grammar, tokenize('Use a dict like {"name": "x"} in Python.'))
     assert not constrainer.accepts(grammar, tokenize('Sure:\n```json\n{"name": "get_weather", "arguments": {}}\n```'))
     assert not constrainer.accepts(grammar, tokenize('```xml\n<tools>\n{"type": "function", "function": {"name": "x"}}'))
+    assert not constrainer.accepts(grammar, tokenize('```xml\n<tools/>\n{"name": "get_weather", "arguments}: {}}'))
+    assert not constrainer.accepts(grammar, tokenize('Sure: {"name": "get_weather", "arguments**: {}}'))
+    assert not constrainer.accepts(grammar, tokenize('Hi: {"type": "function", "function": {"name}:get_weather"'))
+    assert constrainer.accepts(grammar, tokenize('```xml\n<tool_response>\n{"temp_c": 17}\n</tool_response>\n```'))

@@ -58,7 +58,8 @@ def test_stray_json_naming_no_tool_becomes_text() -> None:
 
 def test_a_call_written_as_xml_is_steered_onto_the_real_syntax() -> None:
     for stray in ('```xml\n<tools type="function" function="get_weather">\n  <arguments><city>Paris</city>',
-                  "<function=get_weather>\n<parameter=city>Paris</parameter>"):
+                  "<function=get_weather>\n<parameter=city>Paris</parameter>",
+                  '```xml\n<toolsFunction name="get_weather">\n  <arguments>\n    <city>Paris</city>'):
         engine = MockEngine()
         engine.enqueue(stray, CALL)
         events, trace = run(engine, Conversation([Message("user", "Weather in Paris?")], [WEATHER]))
@@ -67,7 +68,9 @@ def test_a_call_written_as_xml_is_steered_onto_the_real_syntax() -> None:
 
 
 def test_xml_naming_no_tool_becomes_text() -> None:
-    for stray in ('```xml\n<tools type="function" function="reverse_string">\n<arguments>',):
+    for stray in ('```xml\n<tools type="function" function="reverse_string">\n<arguments>',
+                  '```xml\n<tools/>\n{"name": "reverse_string", "arguments**: {"text": "abc"}}\n```',
+                  '```xml\n<tools]\n{"type": "function", "function": {"name}:reverse_string", "description": "'):
         engine = MockEngine()
         engine.enqueue(stray, "Here is how.")
         events, trace = run(engine, Conversation([Message("user", "Reverse a string")], [WEATHER]))
@@ -91,13 +94,16 @@ def test_prose_cannot_go_on_to_write_a_call_as_text() -> None:
     """Auto mode: an answer that starts as prose is cut where it would write a call as JSON
     (the constraint refuses it); prose followed by a real call is fine."""
     for call in ('{"name": "undo_commit", "arguments": {}}', "{'name': 'undo_commit', 'arguments': {}}",
-                 '{"tool": "undo_commit", "parameters": {}}'):
+                 '{"tool": "undo_commit", "parameters": {}}',
+                 # keys with mangled quotes, as Qwen2.5-Coder-0.5B writes them once the plain ones are refused
+                 '{"name": "undo_commit", "arguments**: {}}', '{"name": "undo_commit", "arguments}: {}}',
+                 '{"name**: "undo_commit", "args": {}}'):
         engine = MockEngine()
         engine.enqueue(f"To do that:\n```json\n{call}\n```")
         events, trace = run(engine, Conversation([Message("user", "Undo my last commit")], [WEATHER]))
         assert trace.steered is None and calls(events) == []
         # cut before the key closes: the text never holds the whole call shape
-        assert text(events).startswith("To do that:") and not re.search(r"(arguments|parameters)[\"']", text(events))
+        assert text(events).startswith("To do that:") and not re.search(r", *[\"']?(arg|param)", text(events)), call
     engine.enqueue("Let me check. " + CALL)
     events, trace = run(engine, Conversation([Message("user", "Weather in Paris?")], [WEATHER]))
     assert text(events).strip() == "Let me check." and calls(events) == [("get_weather", {"city": "Paris"})]

@@ -326,16 +326,20 @@ def call_schema(tool: ToolSpec, args_key: str = "arguments", name_key: str = "na
 
 
 #: output that begins like a JSON call written as text: ``{``, ``[{``, a ```json fence, or
-#: a JSON object in a fence of any other language (small models write ```xml {"name": ...})
+#: a JSON object in a fence of any other language (small models write ```xml {"name": ...}),
+#: or a tag that opens tools or a function (``<tools>``, ``<tools/>``, ``<tools]``,
+#: ``<toolsFunction name=...>`` were all seen; ``<tool_call>``, ``<tool_response>`` are not one)
 STRAY_JSON_START = (r"[ \t\r\n]*(\{|\[[ \t\r\n]*\{|```[ \t]*json|```[ \t]*[A-Za-z]*[ \t\r\n]*\{"
                     r"|```[ \t]*[A-Za-z]*[ \t\r\n]*\[[ \t\r\n]*\{"
-                    r"|(```[ \t]*[A-Za-z]*[ \t\r\n]*)?<(tools?|function)[ \t\r\n>=])(?s:.*)")
+                    r"|(```[ \t]*[A-Za-z]*[ \t\r\n]*)?<(tools?|function)[^_])(?s:.*)")
 #: anywhere in text that is meant to be an answer: a call written as JSON, or the model
 #: echoing its tool definitions (``{"type": "function", "function": {"name": ...``)
 _WS = r"[ \t\r\n]*"
 _Q = "[\"']"  # small models quote keys either way
-_CALL_SHAPE = (rf"(\{{{_WS}{_Q}(name|function|tool){_Q}{_WS}:{_WS}{_Q}[^\"'\n]*{_Q}{_WS},{_WS}{_Q}(arguments|parameters){_Q}"
-               rf"|\"function\"{_WS}:{_WS}\{{{_WS}\"name\"|<tools?[ \t\r\n>]|<function=)")
+# (the quotes around a key may be mangled: ``"arguments**:``, ``"arguments}:`` were seen, so a
+# second key that starts as arguments or parameters is enough)
+_CALL_SHAPE = (rf"(\{{{_WS}{_Q}(name|function|tool)([^:\n]([^:\n][^:\n]?)?)?:{_WS}{_Q}[^\"'\n]*{_Q}{_WS},{_WS}{_Q}?(arg|param)"
+               rf"|\"function\"{_WS}:{_WS}\{{{_WS}\"name|<tools?[ \t\r\n>\/]|<function=)")
 CALL_SHAPED_JSON = rf"(?s:.*){_CALL_SHAPE}(?s:.*)"
 #: an answer that starts as prose (not as JSON, a fence or a tag, which auto mode's probe reads
 #: and redirects) and goes on to write a call as text: banned in every answer where tools exist

@@ -249,7 +249,7 @@ class ServedModel:
         yield Finish(finish_reason, usage)
 
 
-_XML_START = re.compile(r"[ \t\r\n]*(```[ \t]*[A-Za-z]*[ \t\r\n]*)?<(tools?|function)[ \t\r\n>=]")
+_XML_START = re.compile(r"[ \t\r\n]*(```[ \t]*[A-Za-z]*[ \t\r\n]*)?<(tools?|function)[^_]")
 _XML_PREFIX = re.compile(r"[ \t\r\n]*(```[ \t]*[A-Za-z]*[ \t\r\n]*)?(<[A-Za-z_]*)?")
 _XML_NAME = re.compile(r"""(?:function|name)[ \t]*=[ \t]*["']?([\w.-]+)|<function=([\w.-]+)|<name>[ \t\r\n]*([\w.-]+)""")
 
