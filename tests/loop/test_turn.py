@@ -59,7 +59,10 @@ def test_stray_json_naming_no_tool_becomes_text() -> None:
 def test_a_call_written_as_xml_is_steered_onto_the_real_syntax() -> None:
     for stray in ('```xml\n<tools type="function" function="get_weather">\n  <arguments><city>Paris</city>',
                   "<function=get_weather>\n<parameter=city>Paris</parameter>",
-                  '```xml\n<toolsFunction name="get_weather">\n  <arguments>\n    <city>Paris</city>'):
+                  '```xml\n<toolsFunction name="get_weather">\n  <arguments>\n    <city>Paris</city>',
+                  '```xml\n<response>\n    <function name="get_weather">\n        <arguments>',
+                  "<get_weather>\n  <city>Paris</city>\n</get_weather>",
+                  "```xml\n<response>\n    <function name>get_weather</function>\n    <arguments>"):
         engine = MockEngine()
         engine.enqueue(stray, CALL)
         events, trace = run(engine, Conversation([Message("user", "Weather in Paris?")], [WEATHER]))
@@ -107,6 +110,15 @@ def test_prose_cannot_go_on_to_write_a_call_as_text() -> None:
     engine.enqueue("Let me check. " + CALL)
     events, trace = run(engine, Conversation([Message("user", "Weather in Paris?")], [WEATHER]))
     assert text(events).strip() == "Let me check." and calls(events) == [("get_weather", {"city": "Paris"})]
+
+
+def test_a_real_call_and_a_tagged_answer_are_not_steered() -> None:
+    for output in (CALL, "<div>Paris is sunny.</div>", "```html\n<p>It is sunny.</p>\n```"):
+        engine = MockEngine()
+        engine.enqueue(output)
+        events, trace = run(engine, Conversation([Message("user", "Weather in Paris?")], [WEATHER]))
+        assert trace.steered is None and len(engine.prompts) == 1, output
+        assert (calls(events) != []) == (output == CALL)
 
 
 def test_plain_text_is_not_probed_twice() -> None:

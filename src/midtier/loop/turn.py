@@ -196,7 +196,7 @@ class ServedModel:
                         probe += chunk.text
                         decided = fmt.call_intent(probe, names)
                         more = chunk.finish is None and generated < PROBE_TOKENS
-                        xml = _xml_intent(probe, names) if not decided else False
+                        xml = _xml_intent(_answer(fmt, probe), names) if not decided else False
                         if xml:
                             restart = "call"  # a call written as XML-ish text: make it a real one
                             break
@@ -249,15 +249,28 @@ class ServedModel:
         yield Finish(finish_reason, usage)
 
 
-_XML_START = re.compile(r"[ \t\r\n]*(```[ \t]*[A-Za-z]*[ \t\r\n]*)?<(tools?|function)[^_]")
-_XML_PREFIX = re.compile(r"[ \t\r\n]*(```[ \t]*[A-Za-z]*[ \t\r\n]*)?(<[A-Za-z_]*)?")
-_XML_NAME = re.compile(r"""(?:function|name)[ \t]*=[ \t]*["']?([\w.-]+)|<function=([\w.-]+)|<name>[ \t\r\n]*([\w.-]+)""")
+# Output that starts with a tag (after a fence, maybe): a 0.5B model writes calls as XML of
+# every shape (<tools function="x">, <function=x>, <response><function name="x">, <x>...</x>).
+# It is a call when the probe sees it name a tool that may be called; else it stays text.
+_XML_START = re.compile(r"[ \t\r\n]*(```[ \t]*[A-Za-z]*[ \t\r\n]*)?<[A-Za-z]")
+_XML_PREFIX = re.compile(r"[ \t\r\n]*(```[ \t]*[A-Za-z]*[ \t\r\n]*)?<?")
+_XML_NAME = re.compile(r"""(?:function|name|tool)["']?[ \t]*[=:>][ \t\r\n]*["']?([\w.-]+)|<function=([\w.-]+)"""
+                       r"""|<name>[ \t\r\n]*([\w.-]+)|<([\w.-]+)[ \t\r\n/>]""")
 
 
-def _xml_intent(probe: str, names: list[str]) -> bool | None:
-    """Whether output that starts like a call written as XML-ish text (``<tools type="function"
-    function="create_task">``, ``<function=create_task>``) names a tool that may be called:
-    None while it starts so but names none yet; False when it does not start so."""
+def _answer(fmt: Format, probe: str) -> str | None:
+    """The answer text of ``probe`` as the format parses it; None when it holds the format's
+    own syntax (a real call, reasoning), which is never a call written as text."""
+    parsed = fmt.parse(probe, partial=True)
+    return None if parsed.calls or parsed.reasoning else parsed.content
+
+
+def _xml_intent(probe: str | None, names: list[str]) -> bool | None:
+    """Whether output that starts with a tag names a tool that may be called (a call written as
+    XML-ish text: steer it onto the real syntax): None while it starts so but names none yet;
+    False when it does not start so."""
+    if probe is None:
+        return False
     if not _XML_START.match(probe):
         return None if _XML_PREFIX.fullmatch(probe) else False
     for m in _XML_NAME.finditer(probe):
