@@ -112,6 +112,16 @@ def test_prose_cannot_go_on_to_write_a_call_as_text() -> None:
     assert text(events).strip() == "Let me check." and calls(events) == [("get_weather", {"city": "Paris"})]
 
 
+def test_text_after_a_stray_json_start_is_still_read_for_a_call_written_as_xml() -> None:
+    """Seen on Qwen2.5-Coder-0.5B: JSON naming no tool, turned to text, then the call as XML."""
+    engine = MockEngine()
+    engine.enqueue('{"name": "add_task", "arguments": {}}',
+                   '```xml\n<response>\n    <function name="get_weather">\n        <arguments>', CALL)
+    events, trace = run(engine, Conversation([Message("user", "Weather in Paris?")], [WEATHER]))
+    assert trace.steered == "call" and len(engine.prompts) == 3
+    assert calls(events) == [("get_weather", {"city": "Paris"})] and text(events) == ""
+
+
 def test_a_real_call_and_a_tagged_answer_are_not_steered() -> None:
     for output in (CALL, "<div>Paris is sunny.</div>", "```html\n<p>It is sunny.</p>\n```"):
         engine = MockEngine()

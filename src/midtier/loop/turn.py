@@ -176,7 +176,10 @@ class ServedModel:
         choice = conv.tool_choice
         names = [t.name for t in choice.callable_tools(conv.tools)]
         plain_text = conv.response_format.type == "text"
-        steering = choice.mode == "auto" and bool(names) and plain_text and fmt.steer_stray_json
+        # what auto mode watches the start of the output for: "any" stray call (JSON or XML-ish),
+        # "xml" once a stray JSON start was turned into text (the text may still open with a tag
+        # and write the call as XML), None once steered to a call or when nothing is watched
+        steering: str | None = "any" if choice.mode == "auto" and names and plain_text and fmt.steer_stray_json else None
         parser = StreamParser(fmt)
         stops = StopFilter(conv.sampling.stop)
         repeats = RepeatGuard()
@@ -194,7 +197,7 @@ class ServedModel:
                     generated += len(chunk.token_ids)
                     if probe is not None:
                         probe += chunk.text
-                        decided = fmt.call_intent(probe, names)
+                        decided = fmt.call_intent(probe, names) if steering == "any" else False
                         more = chunk.finish is None and generated < PROBE_TOKENS
                         xml = _xml_intent(_answer(fmt, probe), names) if not decided else False
                         if xml:
@@ -208,7 +211,7 @@ class ServedModel:
                             if whole is None and more:
                                 continue
                             restart = "text" if whole is not None and _answered(conv, *whole) else "call"
-                        elif _STRAY.match(probe):
+                        elif steering == "any" and _STRAY.match(probe):
                             restart = "text"
                         if restart:
                             break
@@ -230,7 +233,7 @@ class ServedModel:
                 await gen.aclose()
             if restart is not None:
                 trace.steered = restart
-                steering = False
+                steering = "xml" if restart == "text" else None
                 if restart == "call":
                     grammar = self.grammar(conv, ToolChoice("required", tuple(names), choice.parallel), fmt=fmt)
                 else:
@@ -253,7 +256,7 @@ class ServedModel:
 # every shape (<tools function="x">, <function=x>, <response><function name="x">, <x>...</x>).
 # It is a call when the probe sees it name a tool that may be called; else it stays text.
 _XML_START = re.compile(r"[ \t\r\n]*(```[ \t]*[A-Za-z]*[ \t\r\n]*)?<[A-Za-z]")
-_XML_PREFIX = re.compile(r"[ \t\r\n]*(```[ \t]*[A-Za-z]*[ \t\r\n]*)?<?")
+_XML_PREFIX = re.compile(r"[ \t\r\n]*(``?|```[ \t]*[A-Za-z]*[ \t\r\n]*)?<?")
 _XML_NAME = re.compile(r"""(?:function|name|tool)["']?[ \t]*[=:>][ \t\r\n]*["']?([\w.-]+)|<function=([\w.-]+)"""
                        r"""|<name>[ \t\r\n]*([\w.-]+)|<([\w.-]+)[ \t\r\n/>]""")
 
