@@ -70,6 +70,16 @@ def test_a_call_written_as_xml_is_steered_onto_the_real_syntax() -> None:
         assert calls(events) == [("get_weather", {"city": "Paris"})] and text(events) == ""
 
 
+def test_a_tag_naming_a_tools_object_is_a_call() -> None:
+    event = ToolSpec("create_calendar_event", "Add an event", {
+        "type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]})
+    engine = MockEngine()
+    engine.enqueue("```xml\n<calendar_event>\n  <title>Sprint review</title>",
+                   '<tool_call>\n{"name": "create_calendar_event", "arguments": {"title": "Sprint review"}}\n</tool_call>')
+    events, trace = run(engine, Conversation([Message("user", "Book the sprint review")], [event, WEATHER]))
+    assert trace.steered == "call" and calls(events) == [("create_calendar_event", {"title": "Sprint review"})]
+
+
 def test_xml_naming_no_tool_becomes_text() -> None:
     for stray in ('```xml\n<tools type="function" function="reverse_string">\n<arguments>',
                   '```xml\n<tools/>\n{"name": "reverse_string", "arguments**: {"text": "abc"}}\n```',

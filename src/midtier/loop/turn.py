@@ -277,9 +277,18 @@ def _xml_intent(probe: str | None, names: list[str]) -> bool | None:
     if not _XML_START.match(probe):
         return None if _XML_PREFIX.fullmatch(probe) else False
     for m in _XML_NAME.finditer(probe):
-        if next(g for g in m.groups() if g) in names:
+        name = next(g for g in m.groups() if g)
+        if name in names or (m.group(4) and _names_tool(name, names)):
             return True
     return None
+
+
+def _names_tool(tag: str, names: list[str]) -> bool:
+    """Whether a tag names one tool by its object (``<calendar_event>`` for create_calendar_event):
+    a name's words after its verb, or before its last word, and no other tool's."""
+    if len(tag) < 5 or "_" not in tag:
+        return False
+    return sum(n.endswith("_" + tag) or n.startswith(tag + "_") for n in names) == 1
 
 
 def _calls_of(events: list[StreamEvent]) -> list[tuple[str, str]]:
