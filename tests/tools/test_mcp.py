@@ -33,7 +33,7 @@ from midtier.store import open_store
 from midtier.store.base import Store
 from midtier.tools import Toolbox, ToolContext, ToolError, ToolsConfig
 from midtier.tools.base import NeedsApproval
-from midtier.tools.mcp import McpTool
+from midtier.tools.mcp import McpTool, url_allowed
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -180,6 +180,15 @@ def test_check_accepts_openais_shapes_and_names_the_bad_field(tmp_path: Path) ->
     limited.check(param("http://127.0.0.1:9/mcp"), "tools[0]")
     with pytest.raises(InvalidRequest, match="may not connect"):
         limited.check(param("http://169.254.169.254/mcp"), "tools[0]")
+    for allowed, url, ok in [("https://a.test", "https://a.test/mcp", True), ("https://a.test", "https://a.test.evil/mcp", False),
+                             ("https://a.test/mcp", "https://a.test/mcp/sse", True), ("https://a.test/mcp", "https://a.test/mcpx", False),
+                             ("https://a.test", "https://a.test:443/mcp", True), ("https://a.test", "https://a.test:8443/mcp", False),
+                             ("https://a.test", "http://a.test/mcp", False), ("https://a.test", "https://u:p@a.test/mcp", False),
+                             ("http://127.0.0.1:", "http://127.0.0.1:9/mcp", True)]:
+        assert url_allowed(url, allowed) is ok, (allowed, url)
+    one = make_tool(tmp_path, allowed_urls="https://a.test")  # one URL, not a list: not its letters
+    with pytest.raises(InvalidRequest, match="may not connect"):
+        one.check(param("https://h.test/mcp"), "tools[0]")
 
 
 def test_approval_policy(tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ class McpTool:
             raise InvalidRequest("an mcp tool needs a server_url (an http or https URL)", param=f"{where}.server_url",
                                  code="invalid_value")
         allowed = self.toolbox.settings("mcp").get("allowed_urls")
-        if allowed is not None and not any(url.startswith(prefix) for prefix in allowed):
+        if allowed is not None and not any(url_allowed(url, prefix) for prefix in _url_list(allowed)):
             raise InvalidRequest(f"this server may not connect to the MCP server {url}", param=f"{where}.server_url",
                                  code="invalid_value")
         headers = param.get("headers")
@@ -524,3 +524,25 @@ class McpTool:
             reason = f" Reason: {item['reason']}" if item.get("reason") else ""
             return str(item.get("approval_request_id")), f"The user did not approve this call; it was not run.{reason}"
         return None
+
+
+_PORTS = {"http": 80, "https": 443}
+
+
+def _url_list(allowed: Any) -> list[str]:
+    """``allowed_urls`` as a list (one URL alone is a list of one, never its letters)."""
+    return [allowed] if isinstance(allowed, str) else [u for u in allowed if isinstance(u, str)]
+
+
+def url_allowed(url: str, allowed: str) -> bool:
+    """Whether ``url`` is under ``allowed``: the same scheme, host and port, and a path that is
+    the allowed one or below it (``https://a.com`` does not allow ``https://a.com.evil``, nor
+    ``https://a.com/mcp`` allow ``https://a.com/mcpevil``). A host ending in ``:`` allows every port."""
+    u, a = urlsplit(url), urlsplit(allowed)
+    any_port = a.netloc.endswith(":")  # "http://127.0.0.1:" allows every port of the host
+    if (u.scheme.lower(), u.hostname) != (a.scheme.lower(), a.hostname) or u.username or u.password:
+        return False
+    if not any_port and (u.port or _PORTS.get(u.scheme.lower())) != (a.port or _PORTS.get(a.scheme.lower())):
+        return False
+    base = a.path.rstrip("/")
+    return not base or u.path == base or u.path.startswith(base + "/")
