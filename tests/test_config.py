@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomllib
@@ -43,7 +44,7 @@ enabled = ["code_interpreter"]
 max_turns = 4
 
 [tools.settings.code_interpreter]
-memory_mb = 256
+max_memory_mb = 256
 """
 
 
@@ -60,7 +61,7 @@ def test_the_example_parses(tmp_path: Path) -> None:
                                                                                                  4096, 2)
     assert isinstance(up, OpenAIChatSettings) and up.read_timeout == 30 and up.extra_body == {"top_k": 20}
     assert config.store == {"kind": "sqlite", "path": "/tmp/x.sqlite3"}
-    assert config.tools["settings"] == {"code_interpreter": {"memory_mb": 256}}
+    assert config.tools["settings"] == {"code_interpreter": {"max_memory_mb": 256}}
 
 
 def test_the_doc_example_parses() -> None:
@@ -91,7 +92,21 @@ def test_an_upstream_model_is_built_with_its_key(monkeypatch: pytest.MonkeyPatch
 def test_tools_section_becomes_the_tools_config(tmp_path: Path) -> None:
     tools = load_config(write(tmp_path, EXAMPLE)).tools_config()
     assert tools.enabled == frozenset({"code_interpreter"}) and tools.max_turns == 4
-    assert tools.settings == {"code_interpreter": {"memory_mb": 256}}
+    assert tools.settings == {"code_interpreter": {"max_memory_mb": 256}}
+
+
+@pytest.mark.parametrize(("tools", "message"), [
+    ({"settings": {"code_interpreter": {"memory_mb": 256}}},
+     "tools.settings.code_interpreter.memory_mb: unknown setting; known: cpu_seconds, file_size_mb"),
+    ({"settings": {"web_serch": {"corpus": "x"}}}, "tools.settings.web_serch: unknown settings table; known: code_interpreter"),
+    ({"enabled": ["code_interpreter", "python"]}, "tools.enabled: unknown tool type 'python'; known: code_interpreter"),
+    ({"max_turns": 0}, "tools.max_turns: must be at least 1"),
+])
+def test_a_mistyped_tools_setting_is_named(tools: dict[str, Any], message: str) -> None:
+    config = parse_config({"models": {"m": {"engine": "openai_chat", "base_url": "http://x/v1"}}, "tools": tools})
+    with pytest.raises(ConfigError) as info:
+        config.tools_config()
+    assert message in str(info.value)
 
 
 def test_store_section_opens_the_store(tmp_path: Path) -> None:

@@ -100,8 +100,9 @@ class Config:
             options["enabled"] = frozenset(options["enabled"])
         try:
             return ToolsConfig(**options)
-        except TypeError as exc:
-            raise ConfigError(f"{self.source}: tools: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.source}: tools.{exc}" if isinstance(exc, ValueError)
+                              else f"{self.source}: tools: {exc}") from exc
 
 
 def _message(exc: BaseException) -> str:

@@ -30,17 +30,49 @@ REGISTRY: dict[str, str] = {
 }
 
 
+#: the settings tables (``[tools.settings.<name>]``) and the keys each is read for (docs/config.md):
+#: a key not here is a mistake the server names at start-up instead of ignoring it
+SETTINGS: dict[str, frozenset[str]] = {
+    "code_interpreter": frozenset({  # its containers and their sandboxes; shell runs in them too
+        "sandbox", "max_sandboxes", "max_memory_mb", "processes", "file_size_mb", "open_files", "cpu_seconds",
+        "tmp_mb", "output_chars", "model_output_chars", "isolation", "python", "uid", "gid", "mountpoint"}),
+    "shell": frozenset({"max_output", "model_output_chars"}),  # local_shell reads it too
+    "file_search": frozenset({"model_results", "excerpt_chars", "embeddings", "index_workers"}),
+    "web_search": frozenset({"provider", "corpus", "base_url", "url", "headers", "timeout", "open_pages", "browse",
+                             "max_results"}),  # every web_search type reads it
+    "mcp": frozenset({"allowed_urls", "transport"}),
+    "files": frozenset({"max_bytes"}),  # the Files API
+}
+
+
 @dataclass
 class ToolsConfig:
     """Which built-in tools a server runs, and their settings (the ``[tools]`` table of the config).
 
-    ``enabled``: tool types; ``settings``: per type, the keys that tool reads (for example
-    ``settings["web_search"]["corpus"]``, ``settings["code_interpreter"]["memory_mb"]``)."""
+    ``enabled``: tool types; ``settings``: per table of ``SETTINGS``, the keys it is read for (for
+    example ``settings["web_search"]["corpus"]``, ``settings["code_interpreter"]["max_memory_mb"]``).
+    An unknown tool type, table or key is a ``ValueError`` naming it."""
 
     enabled: frozenset[str] = frozenset(REGISTRY)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_turns: int = 8  # model turns in one response
     tool_timeout: float = 60.0  # seconds per tool execution
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.enabled) - set(REGISTRY))
+        if unknown:
+            raise ValueError(f"enabled: unknown tool type {unknown[0]!r}; known: {', '.join(sorted(REGISTRY))}")
+        for table, values in self.settings.items():
+            if table not in SETTINGS:
+                raise ValueError(f"settings.{table}: unknown settings table; known: {', '.join(sorted(SETTINGS))}")
+            if not isinstance(values, dict):
+                raise ValueError(f"settings.{table}: expected a table of settings")
+            for key in sorted(set(values) - SETTINGS[table]):
+                raise ValueError(f"settings.{table}.{key}: unknown setting; known: {', '.join(sorted(SETTINGS[table]))}")
+        if self.max_turns < 1:
+            raise ValueError("max_turns: must be at least 1")
+        if self.tool_timeout <= 0:
+            raise ValueError("tool_timeout: must be more than 0")
 
 
 class Toolbox:
