@@ -71,13 +71,27 @@ def test_through_a_turn_and_not_when_parallel_is_off() -> None:
     events, trace = run(engine, Conversation([Message("user", "Paris and Tokyo?")], [WEATHER], ToolChoice("required")))
     assert calls(events) == [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Tokyo"})]
     assert '"anyOf"' in trace.prompt  # the model was told a list is welcome
+    parallel_prompt = trace.prompt
     engine = MockEngine()
     engine.enqueue(listed)
     events, trace = run(engine, Conversation([Message("user", "Paris and Tokyo?")], [WEATHER],
                                              ToolChoice("required", None, parallel=False)))
     # the grammar refuses the list (the scripted output stops there): never two cities
     assert all("Tokyo" not in e.arguments for e in events if isinstance(e, ToolCallDone))
-    assert '"anyOf"' not in trace.prompt
+    # the tools are shown the same (a later turn's prompt extends this one): only the grammar differs
+    assert trace.prompt == parallel_prompt
+
+
+def test_the_tools_are_shown_the_same_on_every_turn_of_a_conversation() -> None:
+    """tool_choice none, or no parallel calls, on a later turn must not re-render the tools: the
+    whole prompt after them would be prefilled again."""
+    prompts = []
+    for choice in (ToolChoice("auto"), ToolChoice("none"), ToolChoice("auto", None, parallel=False)):
+        engine = MockEngine()
+        engine.enqueue("Sunny.")
+        _, trace = run(engine, Conversation([Message("user", "Paris?")], [WEATHER], choice))
+        prompts.append(trace.prompt)
+    assert prompts[0] == prompts[1] == prompts[2]
 
 
 def test_a_list_is_short() -> None:

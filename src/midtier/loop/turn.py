@@ -126,10 +126,16 @@ class ServedModel:
         """Layers 2 and 3 of a turn without generating: the prompt, the format, the grammar.
         ``trace`` gets the prompt as soon as it is rendered."""
         fan: dict[str, str] = {}
-        if conv.tool_choice.parallel and conv.tool_choice.mode != "none" and self.format.list_fanout:
-            shown, fan = fan_out_tools(conv.tools)
-            conv = replace(conv, tools=shown)
-        rendered = self.render(conv)
+        shown = conv
+        if self.format.list_fanout and conv.tools:
+            # the tools are shown the same whatever this turn's tool_choice and parallel setting,
+            # so that the prompt of the next turn extends this one's (prefix reuse); only the
+            # grammar (the fanned tools or the client's own) says whether a list may be written
+            tools, fanned = fan_out_tools(conv.tools)
+            shown = replace(conv, tools=tools)
+            if conv.tool_choice.parallel and conv.tool_choice.mode != "none":
+                conv, fan = shown, fanned
+        rendered = self.render(shown)
         if trace is not None:
             trace.prompt, trace.prompt_tokens = rendered.text, len(rendered.ids)
         fmt = self.format.for_request(rendered.text, conv.tools)
