@@ -256,6 +256,7 @@ class LlamaCppEngine:
             llc.llama_memory_clear(self._mem, True)
             keep = 0
         self._cached = self._cached[:keep]
+        log.debug("prompt of %d tokens: %d in the cache, %d to evaluate", len(prompt), keep, len(prompt) - keep)
         top = options.logprobs or 0
         prompt_lps = None
         if options.prompt_logprobs:
