@@ -268,11 +268,12 @@ async def bench(base: str, model: str, rounds: int, script: Any = None) -> dict[
             got: dict[str, Flow] = {}
             for which in order:
                 if script is not None:
-                    script()
-                # the same cache state before each flow: an unrelated prompt, so neither flow's first
-                # turn finds its own earlier run in the KV cache (the flow run right after itself did)
-                await client.chat.completions.create(model=model, max_tokens=1, temperature=0,
-                                                     messages=[{"role": "user", "content": "Say OK."}])
+                    script()  # the mock engine's turns (it has no KV cache)
+                else:
+                    # the same cache state before each flow: an unrelated prompt, so neither flow's first
+                    # turn finds its own earlier run in the KV cache (the flow run right after itself did)
+                    await client.chat.completions.create(model=model, max_tokens=1, temperature=0,
+                                                         messages=[{"role": "user", "content": "Say OK."}])
                 got[which] = (await server_side(client, model, container.id) if which == "server"
                               else await client_driven(client, model, folder))
             s, c = got["server"], got["client"]
