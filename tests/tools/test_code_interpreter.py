@@ -225,6 +225,25 @@ def test_an_explicit_container_and_file_ids(tmp_path: Path) -> None:
     scenario(tmp_path, body)
 
 
+def test_a_container_is_held_to_its_disk_limit(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        item, text = await h.call("open('a.bin', 'wb').write(b'a' * 600_000)\nopen('b.bin', 'wb').write(b'b' * 700_000)")
+        cid = item["container_id"]
+        # over 1 MB together: the call's files go, largest first, until they fit; the model is told
+        assert "DiskFull" in text and "/mnt/data/b.bin" in text and text.endswith(RETRY)
+        files = {f["path"] for f in (await h.containers.list_files(cid)).data}
+        assert files == {"/mnt/data/a.bin"}
+        assert not (h.containers.folder(cid) / "b.bin").exists()
+        _, text = await h.call("import os\nprint(sorted(os.listdir('.')))")
+        assert "['a.bin']" in text
+        with pytest.raises(InvalidRequest) as info:  # an upload that would not fit is refused
+            await h.containers.add_file(cid, "big.csv", b"x" * 500_000)
+        assert info.value.code == "container_full" and info.value.param == "file"
+        await h.containers.add_file(cid, "small.csv", b"x" * 1000)
+
+    scenario(tmp_path, body, max_disk_mb=1)
+
+
 def test_an_idle_container_expires(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         item, _ = await h.call("kept = 1\nopen('a.txt', 'w').write('a')")

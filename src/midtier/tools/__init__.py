@@ -35,7 +35,8 @@ REGISTRY: dict[str, str] = {
 SETTINGS: dict[str, frozenset[str]] = {
     "code_interpreter": frozenset({  # its containers and their sandboxes; shell runs in them too
         "sandbox", "max_sandboxes", "max_memory_mb", "processes", "file_size_mb", "open_files", "cpu_seconds",
-        "tmp_mb", "output_chars", "model_output_chars", "isolation", "python", "uid", "gid", "mountpoint"}),
+        "tmp_mb", "output_chars", "model_output_chars", "isolation", "python", "uid", "gid", "mountpoint",
+        "max_disk_mb"}),
     "shell": frozenset({"max_output", "model_output_chars"}),  # local_shell reads it too
     "file_search": frozenset({"model_results", "excerpt_chars", "embeddings", "index_workers"}),
     "web_search": frozenset({"provider", "corpus", "base_url", "url", "headers", "timeout", "open_pages", "browse",

@@ -50,6 +50,8 @@ MEMORY_MB = {"1g": 1024, "4g": 4096, "16g": 16384, "64g": 65536}
 DEFAULT_MINUTES = 20
 MAX_MINUTES = 7 * 24 * 60
 MAX_FILES = 1000  # files of one container that sync records; more are left unlisted
+MIB = 1024 * 1024
+DISK_MB = 1024  # what a container's files may take together (setting max_disk_mb)
 SWEEP_EVERY = 60.0  # seconds between expiry sweeps
 
 
@@ -76,6 +78,7 @@ class Containers:
         self.root = toolbox.data_dir / "containers"
         self.backend = str(self.settings.get("sandbox", "subprocess"))
         self.max_sandboxes = int(self.settings.get("max_sandboxes", 16))
+        self.max_disk = int(self.settings.get("max_disk_mb", DISK_MB)) * MIB
         self._sandboxes: OrderedDict[str, Sandbox] = OrderedDict()
         self._last_sweep = 0.0
         self._sweeper: asyncio.Task[None] | None = None
@@ -213,7 +216,12 @@ class Containers:
         path = self.folder(container_id) / name
         if path.is_symlink() or path.is_dir():
             raise InvalidRequest(f"'{name}' is a folder or a link in the container.", param="file", code="invalid_value")
-        for old in await self.store.all_records(FILE, container_id):
+        records = await self.store.all_records(FILE, container_id)
+        kept = sum(int(r.get("bytes") or 0) for r in records if r["path"] != f"{DATA}/{name}")
+        if kept + len(data) > self.max_disk:
+            raise InvalidRequest(f"The container's files would take more than its {self.max_disk // MIB} MB "
+                                 f"({kept} bytes are there): delete some first.", param="file", code="container_full")
+        for old in records:
             if old["path"] == f"{DATA}/{name}":
                 await self.store.delete_record(FILE, old["id"])
         await asyncio.to_thread(path.write_bytes, data)
@@ -325,7 +333,12 @@ class Containers:
             result = await sandbox.run_python(code, timeout)
         finally:
             await self.touch(record)
-        return result, await self.sync(record["id"])
+        changed = await self.sync(record["id"])
+        removed = await self._within_disk(record["id"], changed)
+        if removed:
+            note = self._disk_note(removed)
+            result.error = f"{result.error}\n{note}" if result.error else note
+        return result, [f for f in changed if f["path"] not in removed]
 
     async def run_shell(self, record: dict[str, Any], commands: list[str], timeout: float, max_output: int
                         ) -> tuple[list[CommandResult], list[dict[str, Any]]]:
@@ -334,7 +347,35 @@ class Containers:
             results = await sandbox.run_shell(commands, timeout, max_output)
         finally:
             await self.touch(record)
-        return results, await self.sync(record["id"])
+        changed = await self.sync(record["id"])
+        removed = await self._within_disk(record["id"], changed)
+        if removed and results:
+            last = results[-1]
+            last.stderr = f"{last.stderr}\n{self._disk_note(removed)}".lstrip("\n")
+        return results, [f for f in changed if f["path"] not in removed]
+
+    async def _within_disk(self, container_id: str, changed: list[dict[str, Any]]) -> list[str]:
+        """Hold the container to ``max_disk_mb``: when its files take more, the files this call
+        wrote go, the largest first, until they fit. The paths removed."""
+        records = await self.store.all_records(FILE, container_id)
+        total = sum(int(r.get("bytes") or 0) for r in records)
+        removed: list[str] = []
+        for record in sorted(changed, key=lambda r: -int(r.get("bytes") or 0)):
+            if total <= self.max_disk:
+                break
+            path = self.folder(container_id) / record["path"][len(DATA) + 1:]
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(path.unlink)
+            await self.store.delete_record(FILE, record["id"])
+            total -= int(record.get("bytes") or 0)
+            removed.append(record["path"])
+        if removed:
+            log.info("container %s: over its disk limit, removed %s", container_id, ", ".join(removed))
+        return removed
+
+    def _disk_note(self, removed: list[str]) -> str:
+        return (f"DiskFull: the container's files took more than its {self.max_disk // MIB} MB; the files this "
+                f"call wrote were removed: {', '.join(removed)}")
 
     async def _open(self, record: dict[str, Any]) -> Sandbox:
         await self._maybe_sweep()
