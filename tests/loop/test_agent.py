@@ -239,6 +239,24 @@ def test_a_turn_cut_at_the_call_limit_counts_only_its_own_output(client: openai.
     assert r.usage.output_tokens == sum(len(engine.tokenize(t)) for t in (py("1"), py("2"), "done"))
 
 
+def test_cached_tokens_count_every_turn_also_one_cut_at_the_call_limit(client: openai.OpenAI, engine: MockEngine,
+                                                                       tool: FakeInterpreter) -> None:
+    engine.report_cache = True
+    engine.enqueue(py("1"), py("2"), "done")  # the second turn is cut at its call (max_tool_calls=2)
+    r = client.responses.create(model="mock", input="go", tools=[INTERPRETER], max_tool_calls=2)
+    assert tool.ran == ["1", "2"] and len(engine.prompts) == 3
+
+    def shared(a: list[int], b: list[int]) -> int:
+        n = 0
+        while n < min(len(a), len(b)) - 1 and a[n] == b[n]:
+            n += 1
+        return n
+    p = engine.prompts
+    # each turn finds at least the prompt before it in the cache (and that turn's output too)
+    assert r.usage is not None and shared(p[0], p[1]) > 0
+    assert shared(p[0], p[1]) + shared(p[1], p[2]) <= r.usage.input_tokens_details.cached_tokens < r.usage.input_tokens
+
+
 def test_the_turn_budget_ends_the_loop(client: openai.OpenAI, engine: MockEngine, tool: FakeInterpreter) -> None:
     engine.enqueue(py("1"), py("2"), py("3"), "no more")  # max_turns=3: the third turn may not call
     r = client.responses.create(model="mock", input="go", tools=[INTERPRETER])

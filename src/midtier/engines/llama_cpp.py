@@ -298,7 +298,7 @@ class LlamaCppEngine:
             generated += 1
             text = decoder.decode(self._piece_bytes(token))
             done = constraint is not None and constraint.is_finished()
-            chunk = GenChunk([token], text, prompt_logprobs=prompt_lps,
+            chunk = GenChunk([token], text, prompt_logprobs=prompt_lps, cached_tokens=keep,
                              logprobs=None if raw is None else [token_logprob(raw, token, top)])
             prompt_lps = None
             if done or generated >= max_tokens:

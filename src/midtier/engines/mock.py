@@ -41,6 +41,10 @@ class MockEngine:
         self.n_vocab = 256 + len(self.specials)
         self.outputs: deque[str] = deque()
         self.prompts: list[list[int]] = []
+        # report a KV cache as llama.cpp does (the prompt's prefix shared with the last prompt and
+        # its output), on every chunk; off by default
+        self.report_cache = False
+        self._last: list[int] = []
         self.cancelled = 0
         self._lock = asyncio.Lock()
 
@@ -85,6 +89,12 @@ class MockEngine:
     async def generate(self, prompt: list[int], options: GenerateOptions) -> AsyncGenerator[GenChunk, None]:
         async with self._lock:
             self.prompts.append(list(prompt))
+            keep = 0
+            if self.report_cache:
+                limit = min(len(prompt) - 1, len(self._last))
+                while keep < limit and self._last[keep] == prompt[keep]:
+                    keep += 1
+            self._last = list(prompt)
             script = self.tokenize(self.outputs.popleft() if self.outputs else "") + [self.eos_id]
             constraint = options.constraint
             top = options.logprobs or 0
@@ -119,7 +129,8 @@ class MockEngine:
                     if self.delay:
                         await asyncio.sleep(self.delay)
                     lps = None if options.logprobs is None else [self._logprob(token, top)]
-                    yield GenChunk([token], text, logprobs=lps, prompt_logprobs=prompt_lps)
+                    self._last.append(token)
+                    yield GenChunk([token], text, logprobs=lps, prompt_logprobs=prompt_lps, cached_tokens=keep)
                     prompt_lps = None
                     if constraint is not None and constraint.is_finished():
                         finish = "stop"
@@ -128,7 +139,7 @@ class MockEngine:
                 self.cancelled += 1
                 raise
             yield GenChunk([], pending.decode(errors="replace"), finish=finish,  # type: ignore[arg-type]
-                           prompt_tokens=len(prompt), completion_tokens=n, prompt_logprobs=prompt_lps,
+                           prompt_tokens=len(prompt), completion_tokens=n, prompt_logprobs=prompt_lps, cached_tokens=keep,
                            logprobs=None if options.logprobs is None else [])
 
     async def close(self) -> None:

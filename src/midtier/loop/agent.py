@@ -312,7 +312,7 @@ async def _limit_calls(served: Served, events: AsyncGenerator[StreamEvent], left
                 break
     if reached:
         generated = served.count_tokens(trace.raw_output)
-        yield Finish("tool_calls", Usage(trace.prompt_tokens, generated, 0))
+        yield Finish("tool_calls", Usage(trace.prompt_tokens, generated, trace.cached_tokens))
 
 
 def _as_messages(tool: BuiltinTool, item: dict[str, Any]) -> list[Message]:

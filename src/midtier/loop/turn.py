@@ -63,6 +63,7 @@ class TurnTrace:
     grammar: str | None = None
     raw_output: str = ""
     steered: str | None = None  # "call" or "text" when auto mode redirected a stray JSON start
+    cached_tokens: int = 0  # of the prompt, as the engine's chunks report it (a turn cut early knows it too)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -197,10 +198,12 @@ class ServedModel:
             probe = "" if steering else None
             restart: str | None = None
             generated = 0
+            trace.cached_tokens = 0
             gen = self.engine.generate(rendered.ids, options)
             try:
                 async for chunk in gen:
                     generated += len(chunk.token_ids)
+                    trace.cached_tokens = chunk.cached_tokens or trace.cached_tokens
                     if probe is not None:
                         probe += chunk.text
                         decided = fmt.call_intent(probe, names) if steering == "any" else False
@@ -252,7 +255,7 @@ class ServedModel:
             for event in repeats.filter(fanout.filter(parser.finish())):
                 yield event
         if stops.stopped or repeats.looping:
-            finish_reason, usage = "stop", Usage(len(rendered.ids), generated, 0)
+            finish_reason, usage = "stop", Usage(len(rendered.ids), generated, trace.cached_tokens)
         if finish_reason != "length" and repeats.calls:
             finish_reason = "tool_calls"
         yield Finish(finish_reason, usage)
