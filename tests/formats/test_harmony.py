@@ -314,6 +314,75 @@ def test_prepare_renders_none_contents_and_drops_finished_reasoning() -> None:
                          "<|start|>user<|message|><|end|><|start|>assistant")
 
 
+# -- gpt-oss's built-in tools (browser, python) ------------------------------------------------
+
+BUILTINS = [
+    ToolSpec("browser.search", parameters={"type": "object", "properties": {
+        "query": {"type": "string"}, "topn": {"type": "integer"}}, "required": ["query"]}, namespace="browser"),
+    ToolSpec("browser.open", parameters={"type": "object", "properties": {
+        "id": {"anyOf": [{"type": "integer"}, {"type": "string"}]}}}, namespace="browser"),
+    ToolSpec("python", parameters={"type": "object", "properties": {"code": {"type": "string"}},
+                                   "required": ["code"]}, namespace="python"),
+]
+SEARCH = '<|channel|>commentary to=browser.search <|constrain|>json<|message|>{"query": "midtier", "topn": 3}<|call|>'
+
+
+def test_grammar_allows_the_builtin_recipients_only_when_shown(harmony_constrainer: Any) -> None:
+    constrainer, tokenize = harmony_constrainer
+
+    def accepts(tools: list[ToolSpec], text: str) -> bool:
+        grammar = HarmonyFormat().grammar(tools, ToolChoice("auto"), ResponseFormat(), constrainer.markers)
+        assert grammar is not None
+        return constrainer.accepts(grammar, tokenize(text))
+
+    for text in [THINK + SEARCH, SEARCH.replace("commentary", "analysis").replace(" <|constrain|>json", " code"),
+                 ' to=browser.open<|channel|>commentary code<|message|>{"id": 0}<|call|>',
+                 '<|channel|>commentary to=browser.open<|message|>{"id": "https://x.test/"}<|call|>',
+                 "<|channel|>analysis to=python code<|message|>import math\nprint(math.pi)<|call|>",
+                 THINK + CALL]:
+        assert accepts(TOOLS + BUILTINS, text), text
+    assert not accepts(TOOLS + BUILTINS, SEARCH.replace("to=browser", "to=functions.browser"))
+    assert not accepts(TOOLS + BUILTINS, SEARCH.replace('"midtier"', "3"))  # the schema holds
+    assert not accepts(TOOLS + BUILTINS, CALL.replace("commentary", "analysis"))  # functions stay on commentary
+    assert not accepts(TOOLS, SEARCH)  # not shown, not callable
+    assert not accepts(TOOLS, "<|channel|>analysis to=python code<|message|>print(1)<|call|>")
+
+
+def test_builtins_are_shown_as_gpt_oss_was_trained_and_functions_as_before() -> None:
+    fmt = get_format("harmony")
+    source = (TEMPLATES / "gpt-oss.jinja").read_text()
+    assert fmt.patch_template(source) != source
+    patched, original = ChatTemplate(fmt.patch_template(source)), _template()
+    kwargs = fmt.template_kwargs(TOOLS + BUILTINS)
+    assert kwargs == {"builtin_tools": ["browser", "python"]} and fmt.template_kwargs(TOOLS) == {}
+    functions = [Message("user", "Weather?"),
+                 Message("assistant", None, [ToolCall("call_a", "get_weather", WEATHER)], reasoning="Paris."),
+                 Message("tool", '{"t": 20}', tool_call_id="call_a"),
+                 Message("assistant", None, [ToolCall("call_b", "python", '{"code": "1"}')]),
+                 Message("tool", "1", tool_call_id="call_b"), Message("assistant", "Sunny.")]
+    messages, tools = fmt.prepare(functions, TOOLS)
+    for kw in ({}, {"builtin_tools": ["browser"]}):  # function calls render byte for byte as before
+        assert patched.render_conversation(messages, tools, **kw) == original.render_conversation(messages, tools, **kw)
+
+    builtins = [Message("user", "Search."),
+                Message("assistant", None, [ToolCall("call_s", "browser.search", '{"query": "midtier"}')]),
+                Message("tool", "【0†Midtier†x.test】 https://x.test/", tool_call_id="call_s"),
+                Message("assistant", None, [ToolCall("call_p", "python", '{"code": "print(\\"a\\")"}')]),
+                Message("tool", "a", tool_call_id="call_p")]
+    messages, tools = fmt.prepare(builtins, TOOLS + BUILTINS)
+    assert [t.name for t in tools] == [t.name for t in TOOLS]  # the built-ins are not functions
+    text = patched.render_conversation(messages, tools, **kwargs)
+    assert "## browser" in text and "## python" in text and "type search = " in text
+    assert ('<|start|>assistant to=browser.search<|channel|>commentary code<|message|>{"query": "midtier"}<|call|>'
+            "<|start|>browser.search to=assistant<|channel|>commentary<|message|>【0†Midtier†x.test】 https://x.test/"
+            '<|end|><|start|>assistant to=python<|channel|>commentary code<|message|>print("a")<|call|>'
+            "<|start|>python to=assistant<|channel|>commentary<|message|>a<|end|><|start|>assistant") in text
+    parsed = fmt.parse(text[text.index(" to=browser.search"):text.index("<|call|>") + len("<|call|>")], partial=False)
+    assert parsed_calls(parsed) == [("browser.search", {"query": "midtier"})]  # it reads back as the same call
+    # without the built-ins shown, the same calls render as the template always did
+    assert patched.render_conversation(messages, tools) == original.render_conversation(messages, tools)
+
+
 # -- openai-harmony's golden files -------------------------------------------------------------
 
 def golden(name: str) -> str:

@@ -56,6 +56,10 @@ class ToolSpec:
     # whether parallel calls may be asked of the model as a list of values (loop/fanout.py); a
     # search tool says no: a small model fills a list with synonyms of one query
     fan_out: bool = True
+    # a built-in tool in the form a model family was trained on (gpt-oss's "browser", "python"):
+    # the template shows the namespace itself, not a function, and the model calls it by ``name``
+    # as its full recipient (``browser.search``); None for every other tool
+    namespace: str | None = None
 
     def to_openai(self) -> dict[str, Any]:
         """The Chat Completions shape chat templates are written for. A custom tool shows as a

@@ -15,7 +15,7 @@ import functools
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
@@ -573,6 +573,10 @@ class Format:
     #: whether small models of this family write calls as bare or fenced JSON instead of the
     #: real syntax; ``auto`` then watches the start of the output and steers (see call_intent)
     steer_stray_json: ClassVar[bool] = True
+    #: the built-in tool namespaces this family was trained on (gpt-oss: "browser", "python"):
+    #: a built-in tool that has that form (``BuiltinTool.native_functions``) is shown and called
+    #: that way (``ToolSpec.namespace``) instead of as functions
+    builtin_namespaces: ClassVar[frozenset[str]] = frozenset()
     #: a resumed parse (see ``Settled``) comes after content that is not blank
     text_before = False
 
@@ -612,7 +616,8 @@ class Format:
         """Adapt a conversation to what the template expects (ids, roles, injected instructions)."""
         return messages, tools
 
-    def template_kwargs(self) -> dict[str, Any]:
+    def template_kwargs(self, tools: Sequence[ToolSpec] = ()) -> dict[str, Any]:
+        """Extra variables for the template, given the tools of the request (before ``prepare``)."""
         return {}
 
     # -- layer 3: the constraint -----------------------------------------------------------

@@ -33,6 +33,13 @@ does not emit them), so in practice a turn holds one call.
 The prompt is gpt-oss.jinja rendered by our ChatTemplate; ``prepare`` splits parallel calls
 into one message each (the template renders only the first call of a message), interleaving
 their results, and carries reasoning on call turns as the template's analysis message.
+
+gpt-oss was trained on two built-in tools, ``browser`` and ``python``; the server's web_search
+and code_interpreter take that form (``builtin_namespaces``, ``ToolSpec.namespace``): the
+template's ``builtin_tools`` shows them in the system message, the grammar lets the model write
+``to=browser.search`` (JSON arguments) or ``to=python`` (code), and ``patch_template`` renders
+past calls and results of those namespaces as the model was trained (``browser.search``, not
+``functions.browser.search``; the result raw text authored by the tool).
 ``load_encoding`` gives openai-harmony's encoding offline (see ``tiktoken_dir``).
 """
 
@@ -45,6 +52,7 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -100,6 +108,7 @@ class HarmonyFormat(Format):
     markers: ClassVar[tuple[str, ...]] = (CHANNEL, MESSAGE, CALL)
     priority = 10
     steer_stray_json = False  # gpt-oss calls through recipients; it does not write bare JSON calls
+    builtin_namespaces: ClassVar[frozenset[str]] = frozenset({"browser", "python"})
 
     #: where a resumed parse starts (see ``Settled``): inside a body of this channel
     #: ("content", "analysis") whose text so far is not blank, or between messages (None);
@@ -122,6 +131,19 @@ class HarmonyFormat(Format):
         return self if lead == self.lead else HarmonyFormat(lead)
 
     # -- layer 2 --------------------------------------------------------------------------------
+    def patch_template(self, source: str) -> str:
+        """gpt-oss.jinja names every past call ``functions.NAME`` and every result ``functions.NAME``
+        with JSON-quoted text: a call of a built-in namespace the request shows (``builtin_tools``)
+        is rendered as trained instead, ``to=browser.search`` (``to=python`` with its code as the
+        body) and its result raw, authored by ``browser.search``. Function calls render as before."""
+        for old, new in _TEMPLATE_PATCHES:
+            source = source.replace(old, new)
+        return source
+
+    def template_kwargs(self, tools: Sequence[ToolSpec] = ()) -> dict[str, Any]:
+        shown = sorted({t.namespace for t in tools if t.namespace in self.builtin_namespaces})
+        return {"builtin_tools": shown} if shown else {}
+
     def prepare(self, messages: list[Message], tools: list[ToolSpec]) -> tuple[list[Message], list[ToolSpec]]:
         """Fit a conversation to gpt-oss.jinja.
 
@@ -132,8 +154,10 @@ class HarmonyFormat(Format):
           by its result (the template renders one call per message and names a result after
           the latest call);
         - a call turn's reasoning (and any text) goes in ``content``, which the template
-          renders as that turn's analysis message (it reads ``thinking``, which we cannot set).
+          renders as that turn's analysis message (it reads ``thinking``, which we cannot set);
+        - the built-in namespaces' tools leave the functions (``template_kwargs`` shows them).
         """
+        tools = [t for t in tools if t.namespace is None]
         instructions = [m.content or "" for m in messages if m.role in ("system", "developer")]
         lead = next((m for m in messages if m.role in ("system", "developer")), None)
         out: list[Message] = []
@@ -185,12 +209,21 @@ class HarmonyFormat(Format):
         else:
             lines.append(f'preamble: {lit(CHANNEL)} "commentary" {lit(MESSAGE)} think {then}')
             alternatives = []
+            if any(t.namespace is not None for t in callable_tools):
+                lines.append('code: " code"')
             for k, tool in enumerate(callable_tools):
-                to = json.dumps(f" to=functions.{tool.name}")
+                if tool.namespace is None:
+                    to, channel, kind = json.dumps(f" to=functions.{tool.name}"), '"commentary"', "ctype?"
+                else:  # a built-in: its own recipient, on either channel, its body code or JSON
+                    to, channel = json.dumps(f" to={tool.name}"), '("commentary" | "analysis")'
+                    kind = "code?" if tool.namespace == "python" else "(ctype | code)?"
                 # the model writes the recipient after the channel; the template before it
-                lines.append(f'call{k}: ({lit(CHANNEL)} "commentary" {to} | {to} {lit(CHANNEL)} "commentary") '
-                             f"ctype? {lit(MESSAGE)} args{k}")
-                lines.append(f"args{k}: {json_schema_lark(strict_schema(tool.parameters) or {'type': 'object'})}")
+                lines.append(f"call{k}: ({lit(CHANNEL)} {channel} {to} | {to} {lit(CHANNEL)} {channel}) "
+                             f"{kind} {lit(MESSAGE)} args{k}")
+                if tool.namespace == "python":
+                    lines.append(f"args{k}: THINK")
+                else:
+                    lines.append(f"args{k}: {json_schema_lark(strict_schema(tool.parameters) or {'type': 'object'})}")
                 alternatives.append(f"call{k}")
             lines.append(f"call: {' | '.join(alternatives)}")
             more = f'({lit(CALL)} {lit(START)} "assistant" call)* ' if choice.parallel else ""
@@ -284,6 +317,37 @@ class HarmonyFormat(Format):
                          thought_before=self.thought_before or bool(piece["analysis"]))
         return Settled(point.offset - shift, resume, content=piece["content"], reasoning=piece["analysis"],
                        calls=point.calls)
+
+
+# gpt-oss.jinja's past call and its result, as ``patch_template`` mends them (the lines kept as
+# they are, inside a branch for the built-in namespaces the request shows)
+_CALL_LINES = """\
+            {{- "functions." + tool_call.name + "<|channel|>commentary " }}
+            {{- (tool_call.content_type if tool_call.content_type is defined else "json") + "<|message|>" }}
+            {{- tool_call.arguments|tojson }}
+"""
+_BUILTIN_CALL = """\
+            {%- if builtin_tools and tool_call.name.split(".")[0] in builtin_tools %}
+            {{- tool_call.name + "<|channel|>commentary code<|message|>" }}
+            {{- tool_call.arguments.code if tool_call.name == "python" and tool_call.arguments.code is string
+                else tool_call.arguments|tojson }}
+            {%- else %}
+""" + _CALL_LINES + """\
+            {%- endif %}
+"""
+_RESULT_LINES = """\
+        {{- "<|start|>functions." + last_tool_call.name }}
+        {{- " to=assistant<|channel|>commentary<|message|>" + message.content|tojson + "<|end|>" }}
+"""
+_BUILTIN_RESULT = """\
+        {%- if builtin_tools and last_tool_call.name.split(".")[0] in builtin_tools %}
+        {{- "<|start|>" + last_tool_call.name + " to=assistant<|channel|>commentary<|message|>" }}
+        {{- message.content + "<|end|>" }}
+        {%- else %}
+""" + _RESULT_LINES + """\
+        {%- endif %}
+"""
+_TEMPLATE_PATCHES = ((_CALL_LINES, _BUILTIN_CALL), (_RESULT_LINES, _BUILTIN_RESULT))
 
 
 @dataclass

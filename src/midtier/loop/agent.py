@@ -44,7 +44,7 @@ from midtier.core.events import (
     ToolCallDone,
     ToolCallStart,
 )
-from midtier.core.messages import Conversation, Message, ToolCall, ToolChoice, Usage, new_id
+from midtier.core.messages import Conversation, Message, ToolCall, ToolChoice, ToolSpec, Usage, new_id
 from midtier.loop.served import Served
 from midtier.loop.turn import TurnTrace
 from midtier.store.base import Store
@@ -103,7 +103,7 @@ class ToolLoop:
                     yield event
                     if isinstance(event, ItemDone):
                         conv.messages += _as_messages(b.tool, event.item)
-            specs = await b.tool.functions(b.param, self.context(b, _no_emit))
+            specs = await _shown(b, self.served.builtin_namespaces, self.context(b, _no_emit))
             b.names = tuple(s.name for s in specs)
             conv.tools += [s for s in specs if s.name not in by_name]
             by_name.update({s.name: b for s in specs})
@@ -262,6 +262,16 @@ class ToolLoop:
                     "output": r.result.output}, owner=self.response_id)
         except Exception:
             log.exception("writing the audit log of %s failed", r.item["id"])
+
+
+async def _shown(b: Builtin, namespaces: frozenset[str], ctx: ToolContext) -> list[ToolSpec]:
+    """How the model sees a built-in tool: in the form its family was trained on when the tool
+    has one the model knows (gpt-oss's ``browser`` for web_search), else as functions."""
+    native = getattr(b.tool, "native_functions", None)
+    if native is not None and getattr(b.tool, "namespace", None) in namespaces:
+        specs: list[ToolSpec] = await native(b.param, ctx)
+        return specs
+    return await b.tool.functions(b.param, ctx)
 
 
 def _no_emit(type_: str, fields: dict[str, Any]) -> None:

@@ -25,6 +25,12 @@ class Served(Protocol):
         """Tokens of prompt plus output the model takes; None when not known (an upstream not configured with it)."""
         ...
 
+    @property
+    def builtin_namespaces(self) -> frozenset[str]:
+        """The built-in tool namespaces the model was trained on (``Format.builtin_namespaces``):
+        the loop shows a built-in tool in that form when it has one; empty when not known."""
+        ...
+
     def stream(self, conv: Conversation, trace: TurnTrace | None = None) -> AsyncGenerator[StreamEvent, None]:
         """One model turn as internal events, ending with ``Finish``. Closing it stops generation.
         An error before the first event is the request's error (a plain HTTP error)."""

@@ -87,6 +87,10 @@ class ServedModel:
     def context_length(self) -> int:
         return self.engine.context_length
 
+    @property
+    def builtin_namespaces(self) -> frozenset[str]:
+        return self.format.builtin_namespaces
+
     def count_tokens(self, text: str) -> int:
         return len(self.engine.tokenize(text, special=True))
 
@@ -102,7 +106,7 @@ class ServedModel:
         if not self._template_has_developer:
             messages = [Message(**{**m.__dict__, "role": "system"}) if m.role == "developer" else m
                         for m in messages]
-        kwargs = {**self.format.template_kwargs(), **conv.template_kwargs}
+        kwargs = {**self.format.template_kwargs(conv.tools), **conv.template_kwargs}
         text = self.template.render_conversation(messages, tools, add_generation_prompt=True, **kwargs)
         ids = self.engine.tokenize(text, special=True)
         return Rendered(text, ids)

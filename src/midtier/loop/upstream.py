@@ -245,6 +245,10 @@ class UpstreamModel:
     def context_length(self) -> int | None:
         return self._context_length
 
+    @property
+    def builtin_namespaces(self) -> frozenset[str]:
+        return frozenset()  # an upstream's prompt is its own: the built-ins stay functions
+
     def count_tokens(self, text: str) -> int:
         return estimate_tokens(len(text))
 

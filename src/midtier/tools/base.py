@@ -113,6 +113,12 @@ class BuiltinTool(Protocol):
     # holds the items of the context and the input. Every item it finishes (``ItemDone``) that
     # ``as_call``/``as_output`` read as a call and its result is added to what the model sees.
 
+    # optional: ``namespace: ClassVar[str]`` and ``async def native_functions(self, param, ctx) ->
+    # list[ToolSpec]``: the tool in the form a model family was trained on (gpt-oss's "browser",
+    # "python"; specs with ``namespace`` set, named by their full recipient, ``browser.search``),
+    # shown instead of ``functions`` when the served model's format knows that namespace
+    # (``Format.builtin_namespaces``). ``start`` and ``run`` then get calls by those names.
+
     # -- history: items of earlier turns (a previous_response_id chain, a conversation, the input) --
     def as_call(self, item: dict[str, Any]) -> ToolCall | None:
         """The call the model made, for an item that holds one (its function name and JSON

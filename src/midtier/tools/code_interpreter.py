@@ -4,7 +4,9 @@ Request: ``{"type": "code_interpreter", "container": "cntr_…" | {"type": "auto
 "memory_limit"}}``. An ``auto`` container is the conversation's (``ctx.scope``): reused along a
 ``previous_response_id`` chain or a conversation, made on first use, with ``file_ids`` copied
 in. The model sees one function, ``python(code)``; the interpreter keeps its variables between
-calls of the same container, like a notebook (the last expression's value is shown).
+calls of the same container, like a notebook (the last expression's value is shown). A model
+trained on its own ``python`` tool (gpt-oss, ``Format.builtin_namespaces``) sees that instead
+(``native_functions``): it sends the code itself to ``python``, and the call runs the same.
 
 Each call is one ``code_interpreter_call`` item (``code``, ``container_id``, ``status``), with
 ``outputs`` (``logs``, and an ``image`` per picture the code wrote, as a data URL) when
@@ -28,6 +30,7 @@ import json
 import mimetypes
 import re
 from collections import OrderedDict
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from midtier.core.errors import InvalidRequest
@@ -97,6 +100,7 @@ class CodeInterpreterTool:
     item_type: ClassVar[str] = "code_interpreter_call"
     item_types: ClassVar[tuple[str, ...]] = ("code_interpreter_call",)
     function = "python"
+    namespace: ClassVar[str] = "python"
 
     def __init__(self, toolbox: Toolbox) -> None:
         self.toolbox = toolbox
@@ -129,6 +133,10 @@ class CodeInterpreterTool:
             "type": "object",
             "properties": {"code": {"type": "string", "description": "The Python code to run."}},
             "required": ["code"]}, fan_out=False)]
+
+    async def native_functions(self, param: dict[str, Any], ctx: ToolContext) -> list[ToolSpec]:
+        """gpt-oss's ``python``: its template describes it; the call is the same ``python``."""
+        return [replace(spec, namespace=self.namespace) for spec in await self.functions(param, ctx)]
 
     def start(self, call: ToolCall, param: dict[str, Any]) -> dict[str, Any]:
         resolved = self._resolved.get(id(param))

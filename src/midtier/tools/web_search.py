@@ -27,6 +27,13 @@ Where the web comes from is a **provider** (``WebProvider``), chosen by the serv
                (default true; http and https only, at most ``MAX_PAGE_BYTES``)
     browse     whether the model also gets open_page and find_in_page (default true)
 
+A model trained on its own browser (gpt-oss, ``Format.builtin_namespaces``) sees the tool as that
+``browser`` instead (``native_functions``): ``browser.search(query, topn?)`` is a search (at most
+``topn`` results), ``browser.open(id?)`` opens a URL (``id`` a string), the result numbered ``id``
+in the last search (a number), or the page last opened (no id), and ``browser.find(pattern)``
+finds in the page last opened; results are numbered ``【n†title†domain】`` as it was trained. What
+"last" means is kept per conversation (``ctx.scope``). The items are the same ``web_search_call``s.
+
 A request's ``filters.allowed_domains`` keeps results (and opened pages) to those domains and
 their subdomains; ``external_web_access: false`` refuses the searxng provider's live searches.
 """
@@ -36,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from urllib.parse import urlsplit
 
@@ -57,6 +65,8 @@ SOURCES = "web_search_call.action.sources"
 # per search_context_size: (results per search, snippet characters, characters of an opened page)
 CONTEXT_SIZES = {"low": (3, 300, 2000), "medium": (5, 400, 4000), "high": (8, 600, 8000)}
 FUNCTIONS = ("web_search", "open_page", "find_in_page")
+BROWSER = ("browser.search", "browser.open", "browser.find")  # gpt-oss's browser (native_functions)
+_INTEGER = {"type": "integer"}
 MAX_QUERIES = 3  # queries one call may run (a model may write a list)
 # Closing what the model reads: without it, Qwen2.5-Coder-0.5B answers a tool result by echoing it
 # (a fenced <tool_response> block) or by searching again; with it, it answers in prose (the
@@ -203,12 +213,22 @@ def _queries(args: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(q for q in queries if q))[:MAX_QUERIES]
 
 
+@dataclass
+class _Browsing:
+    """What one conversation's browser calls refer to: the URLs of the last search's results
+    (``open``'s number ids) and the page last opened (``open`` without an id, ``find``)."""
+
+    results: list[str] = field(default_factory=list)
+    page: str | None = None
+
+
 class WebSearchTool:
     """The ``web_search`` built-in tool (also ``web_search_preview``)."""
 
     type: ClassVar[str] = "web_search"
     item_type: ClassVar[str] = "web_search_call"
     item_types: ClassVar[tuple[str, ...]] = ("web_search_call",)
+    namespace: ClassVar[str] = "browser"
 
     def __init__(self, toolbox: Toolbox) -> None:
         self.toolbox = toolbox
@@ -283,6 +303,32 @@ class WebSearchTool:
             ]
         return specs
 
+    async def native_functions(self, param: dict[str, Any], ctx: ToolContext) -> list[ToolSpec]:
+        """gpt-oss's ``browser``: its template describes it (these schemas are the constraint's)."""
+        def spec(name: str, properties: dict[str, Any], required: list[str]) -> ToolSpec:
+            return ToolSpec(f"browser.{name}", "", {"type": "object", "properties": properties, "required": required},
+                            fan_out=False, namespace=self.namespace)
+
+        specs = [spec("search", {"query": {"type": "string"}, "topn": _INTEGER, "source": {"type": "string"}},
+                      ["query"])]
+        if self._settings().get("browse", True):
+            specs += [
+                spec("open", {"id": {"anyOf": [_INTEGER, {"type": "string"}]}, "cursor": _INTEGER, "loc": _INTEGER,
+                              "num_lines": _INTEGER, "view_source": {"type": "boolean"}, "source": {"type": "string"}},
+                     []),
+                spec("find", {"pattern": {"type": "string"}, "cursor": _INTEGER}, ["pattern"]),
+            ]
+        return specs
+
+    def _browsing(self, scope: str) -> _Browsing:
+        """The browser state of a conversation (the latest 256 conversations are kept)."""
+        states: OrderedDict[str, _Browsing] = self.toolbox.service("web_search:browsing", lambda _: OrderedDict())
+        state = states.setdefault(scope, _Browsing())
+        states.move_to_end(scope)
+        while len(states) > 256:
+            states.popitem(last=False)
+        return state
+
     # -- one call --
     @staticmethod
     def _arguments(call: ToolCall) -> dict[str, Any]:
@@ -294,6 +340,11 @@ class WebSearchTool:
         action: dict[str, Any]
         if call.name == "open_page":
             action = {"type": "open_page", "url": str(args.get("url") or "")}
+        elif call.name == "browser.open":  # by URL; a result's number, or the page open, is known in run
+            link = _link(args.get("id"))
+            action = {"type": "open_page", "url": link if isinstance(link, str) else ""}
+        elif call.name == "browser.find":
+            action = {"type": "find_in_page", "url": "", "pattern": str(args.get("pattern") or "")}
         elif call.name == "find_in_page":
             action = {"type": "find_in_page", "url": str(args.get("url") or ""), "pattern": str(args.get("pattern") or "")}
         else:
@@ -313,23 +364,30 @@ class WebSearchTool:
         provider = self.provider()
         if provider.name == "searxng" and ctx.param.get("external_web_access") is False:
             raise ToolError("live web access is off for this request (external_web_access is false)")
+        browser = self._browsing(ctx.scope) if call.name in BROWSER else None
+        if browser is not None and not action.get("url") and action["type"] != "search":
+            action["url"] = _browser_url(browser, call.name, self._arguments(call))
         item["status"] = "searching"
         ctx.emit("response.web_search_call.searching", {})
         if action["type"] == "search":
-            result = await self._search(item, action, provider, domains, ctx)
+            topn = self._arguments(call).get("topn") if browser is not None else None
+            result = await self._search(item, action, provider, domains, ctx, browser,
+                                        topn if isinstance(topn, int) and topn > 0 else None)
         else:
-            result = await self._page(action, provider, domains, ctx)
+            result = await self._page(action, provider, domains, ctx, browser)
         item["status"] = "completed"
         ctx.emit("response.web_search_call.completed", {})
         return result
 
     async def _search(self, item: dict[str, Any], action: dict[str, Any], provider: WebProvider,
-                      domains: list[str] | None, ctx: ToolContext) -> ToolResult:
+                      domains: list[str] | None, ctx: ToolContext, browser: _Browsing | None = None,
+                      topn: int | None = None) -> ToolResult:
         queries = [q for q in action.get("queries") or [action["query"]] if q.strip()]
         if not queries:
             raise ToolError("the query is empty: say what to search for")
         query = " / ".join(queries)
         limit, snippet_size, _ = self._sizes(ctx.param)
+        limit = min(limit, topn or limit)
         ranked = [await provider.search(q, limit * 4 if domains else limit) for q in queries]
         hits: list[tuple[Page, str]] = []
         seen: set[str] = set()
@@ -341,18 +399,26 @@ class WebSearchTool:
         hits = [(page, snippet) for page, snippet in hits if _domain_allowed(page.url, domains)][:limit]
         if SOURCES in ctx.include:
             action["sources"] = [{"type": "url", "url": page.url} for page, _ in hits]
+        if browser is not None:
+            browser.results = [page.url for page, _ in hits]
         if not hits:
             return ToolResult(f'No results for "{query}". Try other words.')
+        citations = [{"type": "url_citation", "url": page.url, "title": page.title} for page, _ in hits]
+        if browser is not None:  # numbered as gpt-oss's browser shows links: 【id†title†domain】
+            lines = [f'Search results for "{query}":']
+            for n, (page, snippet) in enumerate(hits):
+                lines += [f"【{n}†{page.title}†{urlsplit(page.url).hostname or page.url}】 {page.url}",
+                          " ".join(excerpt(snippet, " ".join(queries), snippet_size).split())]
+            return ToolResult("\n".join(lines), citations=citations)
         lines = [f'Search results for "{query}":']
         for n, (page, snippet) in enumerate(hits, 1):
             lines += [f"{n}. {page.title} - {page.url}",
                       "   " + " ".join(excerpt(snippet, " ".join(queries), snippet_size).split())]
         lines.append(ANSWER_NOW)
-        citations = [{"type": "url_citation", "url": page.url, "title": page.title} for page, _ in hits]
         return ToolResult("\n".join(lines), citations=citations)
 
     async def _page(self, action: dict[str, Any], provider: WebProvider, domains: list[str] | None,
-                    ctx: ToolContext) -> ToolResult:
+                    ctx: ToolContext, browser: _Browsing | None = None) -> ToolResult:
         url = action["url"].strip()
         if not url:
             raise ToolError("the url is empty: give the URL of a page from the search results")
@@ -363,9 +429,14 @@ class WebSearchTool:
             raise ToolError(f"there is no page at {url}: use a URL from the search results")
         _, snippet_size, page_size = self._sizes(ctx.param)
         citation = {"type": "url_citation", "url": page.url, "title": page.title}
+        if browser is not None:
+            browser.page = url
         if action["type"] == "open_page":
+            find = "browser.find" if browser is not None else "find_in_page"
             text = page.text if len(page.text) <= page_size else (
-                page.text[:page_size].rsplit(" ", 1)[0] + "\n[... the page goes on: use find_in_page to look for a word]")
+                page.text[:page_size].rsplit(" ", 1)[0] + f"\n[... the page goes on: use {find} to look for a word]")
+            if browser is not None:
+                return ToolResult(f"{page.title}\nURL: {page.url}\n\n{text}", citations=[citation])
             return ToolResult(f"{page.title}\nURL: {page.url}\n\n{text}\n\n{ANSWER_NOW}", citations=[citation])
         pattern = action.get("pattern", "").strip()
         if not pattern:
@@ -374,7 +445,8 @@ class WebSearchTool:
         if not found:
             return ToolResult(f'"{pattern}" is not on {page.url}.')
         body = "\n\n".join(f"[{n}] {passage}" for n, passage in enumerate(found, 1))
-        return ToolResult(f'"{pattern}" on {page.title} ({page.url}):\n\n{body}\n\n{ANSWER_NOW}', citations=[citation])
+        after = "" if browser is not None else f"\n\n{ANSWER_NOW}"
+        return ToolResult(f'"{pattern}" on {page.title} ({page.url}):\n\n{body}{after}', citations=[citation])
 
     # -- history --
     def as_call(self, item: dict[str, Any]) -> ToolCall | None:
@@ -400,6 +472,32 @@ class WebSearchTool:
             return str(item.get("id")), "Pages found:\n" + "\n".join(f"URL: {u}" for u in sources)
         return str(item.get("id")), "(the results of this earlier web search are no longer available)"
 
+
+
+def _link(value: Any) -> int | str | None:
+    """``browser.open``'s ``id``: a result's number, a URL, or None (the page open; -1 too)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, (int, float)):
+        return int(value) if value >= 0 else None
+    return str(value).strip() or None
+
+
+def _browser_url(browser: _Browsing, name: str, args: dict[str, Any]) -> str:
+    """The page a browser call without a URL means: the last search's result ``id``, else the page
+    last opened."""
+    link = _link(args.get("id")) if name == "browser.open" else None
+    if isinstance(link, int):
+        if link >= len(browser.results):
+            raise ToolError(f"there is no result {link}: open one of 0 to {len(browser.results) - 1} "
+                            "from the last search, or give a URL" if browser.results else
+                            f"there is no result {link}: search first, or give a URL")
+        return browser.results[link]
+    if browser.page is None:
+        raise ToolError("no page is open: search first, then open a result")
+    return browser.page
 
 
 class WebSearchPreviewTool(WebSearchTool):
