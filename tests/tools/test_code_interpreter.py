@@ -244,6 +244,21 @@ def test_a_container_is_held_to_its_disk_limit(tmp_path: Path) -> None:
     scenario(tmp_path, body, max_disk_mb=1)
 
 
+def test_a_call_that_keeps_writing_is_stopped_at_the_disk_limit(tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        started = time.monotonic()
+        item, text = await h.call("import time\ni = 0\nwhile True:\n"
+                                  "    open(f'f{i}.bin', 'wb').write(b'x' * 100_000)\n    i += 1\n    time.sleep(0.01)")
+        assert time.monotonic() - started < 10  # not its 20 s budget: stopped once past 1 MB
+        assert "DiskFull" in text and "was stopped" in text
+        cid = item["container_id"]
+        assert sum(f["bytes"] for f in (await h.containers.list_files(cid)).data) <= 1024 * 1024
+        _, text = await h.call("print('again')")  # the sandbox works on
+        assert "again" in text
+
+    scenario(tmp_path, body, max_disk_mb=1)
+
+
 def test_an_idle_container_expires(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         item, _ = await h.call("kept = 1\nopen('a.txt', 'w').write('a')")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,13 @@ EVENTS = {"response.shell_call_command.added": ResponseShellCallCommandAddedEven
           "response.shell_call_output_content.done": ResponseShellCallOutputContentDoneEvent}
 
 
-def run_calls(tmp_path: Path, calls: list[tuple[dict[str, Any], str, str]], timeout: float = 20.0
+def run_calls(tmp_path: Path, calls: list[tuple[dict[str, Any], str, str]], timeout: float = 20.0,
+              settings: dict[str, dict[str, Any]] | None = None
               ) -> list[tuple[dict[str, Any], ToolResult, list[tuple[str, dict[str, Any]]]]]:
     """Run (param, tool type, command) calls in one scope, in order."""
     async def main() -> list[tuple[dict[str, Any], ToolResult, list[tuple[str, dict[str, Any]]]]]:
         store = open_store(path=tmp_path / "store.sqlite3")
-        box = Toolbox(ToolsConfig(), store, tmp_path)
+        box = Toolbox(ToolsConfig(settings=settings or {}), store, tmp_path)
         out = []
         try:
             for param, kind, command in calls:
@@ -147,3 +149,16 @@ def test_check_names_the_bad_parameter(tmp_path: Path, environment: Any, param: 
         Toolbox(ToolsConfig(), None, tmp_path).tool("shell").check({"type": "shell", "environment": environment},
                                                                    "tools[0]")
     assert info.value.param == param
+
+
+def test_a_command_that_keeps_writing_is_stopped_at_the_disk_limit(tmp_path: Path) -> None:
+    started = time.monotonic()
+    [(item, result, _), (_, after, _)] = run_calls(tmp_path, [
+        (HOSTED, "shell", "i=0; while true; do head -c 100000 /dev/zero > f$i.bin; i=$((i+1)); sleep 0.01; done"),
+        (HOSTED, "shell", "echo still here")], settings={"code_interpreter": {"max_disk_mb": 1}})
+    assert time.monotonic() - started < 15  # not the 20 s budget
+    [out] = result.items
+    output = ResponseFunctionShellToolCallOutput.model_validate(out)
+    assert "DiskFull" in output.output[0].stderr and output.output[0].outcome.type == "exit"
+    assert "DiskFull" in result.output
+    assert "still here" in after.output

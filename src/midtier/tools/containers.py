@@ -29,8 +29,9 @@ import shutil
 import stat
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from midtier.core.errors import InvalidRequest, NotFound
 from midtier.core.messages import new_id
@@ -51,7 +52,9 @@ DEFAULT_MINUTES = 20
 MAX_MINUTES = 7 * 24 * 60
 MAX_FILES = 1000  # files of one container that sync records; more are left unlisted
 MIB = 1024 * 1024
+T = TypeVar("T")
 DISK_MB = 1024  # what a container's files may take together (setting max_disk_mb)
+DISK_POLL = 0.5  # seconds between looks at a running call's folder (how far past the limit it may write)
 SWEEP_EVERY = 60.0  # seconds between expiry sweeps
 
 
@@ -330,9 +333,11 @@ class Containers:
         """Run ``code`` in the container; the result and the files it wrote or changed."""
         sandbox = await self._open(record)
         try:
-            result = await sandbox.run_python(code, timeout)
+            result, full = await self._bounded(record["id"], sandbox.run_python(code, timeout))
         finally:
             await self.touch(record)
+        if result is None or full:
+            result = PythonResult("", self._stopped_note(), outcome="killed")
         changed = await self.sync(record["id"])
         removed = await self._within_disk(record["id"], changed)
         if removed:
@@ -344,15 +349,39 @@ class Containers:
                         ) -> tuple[list[CommandResult], list[dict[str, Any]]]:
         sandbox = await self._open(record)
         try:
-            results = await sandbox.run_shell(commands, timeout, max_output)
+            ran, full = await self._bounded(record["id"], sandbox.run_shell(commands, timeout, max_output))
         finally:
             await self.touch(record)
+        results = ran if ran is not None and not full else [CommandResult("", self._stopped_note(), 137)]
         changed = await self.sync(record["id"])
         removed = await self._within_disk(record["id"], changed)
         if removed and results:
             last = results[-1]
             last.stderr = f"{last.stderr}\n{self._disk_note(removed)}".lstrip("\n")
         return results, [f for f in changed if f["path"] not in removed]
+
+    async def _bounded(self, container_id: str, run: Awaitable[T]) -> tuple[T | None, bool]:
+        """Await ``run`` while looking at the container's folder every ``DISK_POLL`` s: past
+        ``max_disk_mb`` the call is stopped (its sandbox killed) and (None, True) returned."""
+        task = asyncio.ensure_future(run)
+        folder = self.folder(container_id)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=DISK_POLL)
+                if done:
+                    return task.result(), False
+                if await asyncio.to_thread(_folder_bytes, folder) > self.max_disk:
+                    log.warning("container %s: a call wrote past its disk limit and was stopped", container_id)
+                    return None, True
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    def _stopped_note(self) -> str:
+        return (f"DiskFull: the call wrote more than the container's {self.max_disk // MIB} MB and was stopped; "
+                f"the sandbox restarts. Write less, or delete files first.")
 
     async def _within_disk(self, container_id: str, changed: list[dict[str, Any]]) -> list[str]:
         """Hold the container to ``max_disk_mb``: when its files take more, the files this call
@@ -398,6 +427,18 @@ class Containers:
             self._sweeper = None
         for container_id in list(self._sandboxes):
             await self._close_sandbox(container_id)
+
+
+def _folder_bytes(folder: Path) -> int:
+    """What the regular files under ``folder`` take (their sizes; links not followed)."""
+    total = 0
+    for top, _, names in os.walk(folder, followlinks=False):
+        for name in names:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(top, name))
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+    return total
 
 
 def _scan(folder: Path) -> dict[str, tuple[int, int]]:
